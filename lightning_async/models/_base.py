@@ -14,7 +14,6 @@ Logging:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any, Literal
 
 import lightning.pytorch as pl
@@ -22,11 +21,6 @@ import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
-
-
-def default_optimizer(params: Iterable[Any]) -> torch.optim.Optimizer:
-    """Default optimizer of the recipe models when none is configured: ``torch.optim.Adam(lr=1e-3)``."""
-    return torch.optim.Adam(params, lr=1e-3)
 
 
 def check_positive_int(name: str, value: int) -> None:
@@ -57,7 +51,7 @@ class ClassificationModule(pl.LightningModule):
     def __init__(
         self,
         num_classes: int,
-        optimizer: OptimizerCallable = default_optimizer,
+        optimizer: OptimizerCallable = torch.optim.Adam,
         scheduler: LRSchedulerCallable | None = None,
         scheduler_interval: Literal["step", "epoch"] = "epoch",
     ) -> None:

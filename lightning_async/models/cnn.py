@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Literal
 
+import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
-from lightning_async.models._base import ClassificationModule, check_positive_int, check_probability, default_optimizer
+from lightning_async.models._base import ClassificationModule, check_positive_int, check_probability
 
 
 class CNNClassifier(ClassificationModule):
@@ -42,7 +43,7 @@ class CNNClassifier(ClassificationModule):
         channels: int = 32,
         hidden_dim: int = 128,
         dropout: float = 0.25,
-        optimizer: OptimizerCallable = default_optimizer,
+        optimizer: OptimizerCallable = torch.optim.Adam,
         scheduler: LRSchedulerCallable | None = None,
         scheduler_interval: Literal["step", "epoch"] = "epoch",
     ) -> None:

@@ -16,7 +16,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 from torch.nn import functional as F
 
-from lightning_async.models._base import ClassificationModule, check_positive_int, check_probability, default_optimizer
+from lightning_async.models._base import ClassificationModule, check_positive_int, check_probability
 
 
 class CausalSelfAttention(nn.Module):
@@ -126,7 +126,7 @@ class CharGPT(ClassificationModule):
         n_head: int = 4,
         n_embd: int = 128,
         dropout: float = 0.1,
-        optimizer: OptimizerCallable = default_optimizer,
+        optimizer: OptimizerCallable = torch.optim.Adam,
         scheduler: LRSchedulerCallable | None = None,
         scheduler_interval: Literal["step", "epoch"] = "step",
     ) -> None:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Literal
 
+import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
-from lightning_async.models._base import ClassificationModule, check_positive_int, check_probability, default_optimizer
+from lightning_async.models._base import ClassificationModule, check_positive_int, check_probability
 
 
 class MLPClassifier(ClassificationModule):
@@ -38,7 +39,7 @@ class MLPClassifier(ClassificationModule):
         hidden_dims: list[int] = [128, 128],  # noqa: B006 (read only; a list so that YAML can set it)
         num_classes: int = 10,
         dropout: float = 0.0,
-        optimizer: OptimizerCallable = default_optimizer,
+        optimizer: OptimizerCallable = torch.optim.Adam,
         scheduler: LRSchedulerCallable | None = None,
         scheduler_interval: Literal["step", "epoch"] = "epoch",
     ) -> None:

@@ -17,7 +17,7 @@ import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
-from lightning_async.models._base import ClassificationModule, check_positive_int, default_optimizer
+from lightning_async.models._base import ClassificationModule, check_positive_int
 
 
 class BasicBlock(nn.Module):
@@ -97,7 +97,7 @@ class ResNet18Classifier(ClassificationModule):
         in_channels: int = 3,
         num_classes: int = 10,
         width: int = 64,
-        optimizer: OptimizerCallable = default_optimizer,
+        optimizer: OptimizerCallable = torch.optim.Adam,
         scheduler: LRSchedulerCallable | None = None,
         scheduler_interval: Literal["step", "epoch"] = "epoch",
     ) -> None:
