@@ -1,0 +1,135 @@
+"""The engine interface: what the Lightning glue asks of the place where the authoritative state lives.
+
+A worker's life under any engine::
+
+    engine.begin_step(local_params)        # take a read: fresh parameters and their version (or keep the ones held)
+    ... forward / backward on the local copy ...
+    engine.submit(local_params, samples)   # apply, defer (accumulate) or reject the update
+    engine.end_epoch(local_params)         # flush what is deferred, release the read, refresh the local copy
+
+Counters (per worker, summed by :meth:`Engine.telemetry`) obey ``applied + rejected_stale + rejected_nonfinite ==
+received``; every applied update's staleness is recorded in a histogram whose sum is ``applied``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+#: per-worker integer counters, in the order they are stored
+COUNTERS: tuple[str, ...] = (
+    "gradients",  # gradients computed by the worker (local steps)
+    "received",  # updates offered to the authority (a deferred gradient is not offered yet)
+    "applied",
+    "rejected_stale",
+    "rejected_nonfinite",
+    "deferred",  # offers put off by the "accumulate" policy (the gradient stays in the local sum)
+    "samples",  # samples in applied updates
+)
+#: per-worker float timers, in seconds
+TIMERS: tuple[str, ...] = ("wait_seconds", "busy_seconds", "heartbeat", "started")
+
+
+@dataclass
+class Telemetry:
+    """A summary of one run's staleness and throughput, for logs and the end-of-fit report."""
+
+    counters: dict[str, int]
+    per_worker: list[dict[str, float]]
+    staleness_histogram: list[int]
+    max_staleness: int | None
+    bound_policy: str
+    version: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def staleness_mean(self) -> float:
+        total = sum(self.staleness_histogram)
+        return sum(s * n for s, n in enumerate(self.staleness_histogram)) / total if total else 0.0
+
+    @property
+    def staleness_max(self) -> int:
+        nonzero = [s for s, n in enumerate(self.staleness_histogram) if n]
+        return nonzero[-1] if nonzero else 0
+
+    def metrics(self, prefix: str = "async/") -> dict[str, float]:
+        """Flat scalars for a Lightning logger."""
+        out = {f"{prefix}{k}": float(v) for k, v in self.counters.items()}
+        out[f"{prefix}staleness_mean"] = self.staleness_mean
+        out[f"{prefix}staleness_max"] = float(self.staleness_max)
+        out[f"{prefix}version"] = float(self.version)
+        for w, row in enumerate(self.per_worker):
+            out[f"{prefix}worker{w}/samples_per_s"] = row["samples_per_s"]
+            out[f"{prefix}worker{w}/wait_fraction"] = row["wait_fraction"]
+        return out
+
+    def summary(self) -> str:
+        """A human-readable report, printed at the end of fit."""
+        c = self.counters
+        lines = [
+            f"lightning_async: {len(self.per_worker)} workers, bound policy {self.bound_policy!r}, "
+            f"max_staleness {self.max_staleness}",
+            f"  updates: received {c['received']}, applied {c['applied']}, rejected stale "
+            f"{c['rejected_stale']}, rejected non-finite {c['rejected_nonfinite']}, deferred {c['deferred']}",
+            f"  staleness: mean {self.staleness_mean:.2f}, max {self.staleness_max}, "
+            f"histogram {_compact_histogram(self.staleness_histogram)}",
+        ]
+        for w, row in enumerate(self.per_worker):
+            lines.append(
+                f"  worker {w}: {int(row['gradients'])} gradients, {int(row['samples'])} samples applied, "
+                f"{row['samples_per_s']:.1f} samples/s, waiting {100 * row['wait_fraction']:.1f}% of the time"
+            )
+        return "\n".join(lines)
+
+
+def _compact_histogram(hist: Sequence[int]) -> str:
+    return "{" + ", ".join(f"{s}: {n}" for s, n in enumerate(hist) if n) + "}"
+
+
+class Engine(ABC):
+    """Owns the authoritative parameters and optimizer state; measures and bounds staleness."""
+
+    worker: int
+    num_workers: int
+
+    @abstractmethod
+    def begin_step(self, local_params: Sequence[torch.Tensor]) -> None:
+        """Before computing a gradient: copy fresh parameters into ``local_params`` unless a read is held."""
+
+    @abstractmethod
+    def submit(self, local_params: Sequence[torch.Tensor], samples: int) -> str:
+        """Offer the gradients in ``local_params[i].grad``; return the verdict (``"applied"``, ``"deferred"``,
+        ``"rejected_stale"`` or ``"rejected_nonfinite"``)."""
+
+    @abstractmethod
+    def end_epoch(self, local_params: Sequence[torch.Tensor]) -> None:
+        """Apply what is deferred, release the read, and copy the current parameters into ``local_params``."""
+
+    @abstractmethod
+    def refresh(self, local_params: Sequence[torch.Tensor]) -> None:
+        """Copy the current authoritative parameters into ``local_params`` without taking a read."""
+
+    @property
+    @abstractmethod
+    def version(self) -> int:
+        """Updates applied so far over all blocks' owner(s): the global progress of training."""
+
+    @abstractmethod
+    def snapshot(self) -> dict[str, Any]:
+        """A consistent copy of parameters, optimizer state, versions and counters (plain tensors and ints)."""
+
+    @abstractmethod
+    def load_snapshot(self, snapshot: dict[str, Any]) -> None:
+        """Restore versions and counters saved by :meth:`snapshot`."""
+
+    @abstractmethod
+    def telemetry(self) -> Telemetry:
+        """Counters, staleness histogram and per-worker throughput over all workers."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release shared resources (idempotent)."""

@@ -1,0 +1,75 @@
+"""Heterogeneity-aware data assignment: workers claim batches from one shared cursor.
+
+Every worker walks the same seeded permutation of the dataset, and each batch index is claimed by exactly one
+worker, whichever asks first. A fast worker therefore takes more batches than a slow one, every sample is used
+once per epoch across all workers, and all workers run out of batches within one batch of each other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Protocol
+
+import torch
+from torch.utils.data import Sampler
+
+
+class BatchCursor(Protocol):
+    def next_batch(self, epoch: int, num_batches: int) -> int | None: ...
+
+
+class SharedCursorBatchSampler(Sampler[list[int]]):
+    """Yields the batches of one epoch that this worker wins from the shared cursor.
+
+    Args:
+        num_samples: dataset length.
+        batch_size: samples per batch.
+        drop_last: drop the last incomplete batch.
+        shuffle: draw a new permutation each epoch (seeded by ``seed + epoch``, identical in every worker).
+        seed: base seed of the permutation.
+        cursor: the engine's shared batch cursor.
+    """
+
+    def __init__(
+        self, num_samples: int, batch_size: int, drop_last: bool, shuffle: bool, seed: int, cursor: BatchCursor
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+        self.num_samples = num_samples
+        self.batch_size = batch_size
+        self.drop_last = drop_last
+        self.shuffle = shuffle
+        self.seed = seed
+        self.cursor = cursor
+        self.epoch = 0
+        # Lightning sets the epoch on `batch_sampler.sampler`, not on the batch sampler itself
+        self.sampler = _EpochSetter(self)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        """All batches of the epoch: an upper bound on what this worker gets (the exact share is dynamic)."""
+        if self.drop_last:
+            return self.num_samples // self.batch_size
+        return -(-self.num_samples // self.batch_size)
+
+    def _order(self) -> torch.Tensor:
+        if not self.shuffle:
+            return torch.arange(self.num_samples)
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return torch.randperm(self.num_samples, generator=generator)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        order = self._order()
+        num_batches = len(self)
+        while (index := self.cursor.next_batch(self.epoch, num_batches)) is not None:
+            yield order[index * self.batch_size : (index + 1) * self.batch_size].tolist()
+
+
+class _EpochSetter:
+    def __init__(self, owner: SharedCursorBatchSampler) -> None:
+        self._owner = owner
+
+    def set_epoch(self, epoch: int) -> None:
+        self._owner.set_epoch(epoch)

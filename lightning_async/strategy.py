@@ -1,0 +1,454 @@
+"""``AsyncAdaptiveStrategy``: asynchronous bounded-staleness training for an unchanged LightningModule.
+
+Lightning glue only. Launching, process groups, ranks and metric reduction come from :class:`DDPStrategy`;
+the model is *not* wrapped in ``DistributedDataParallel`` (there is no synchronous all-reduce). Instead the
+user's optimizer is wrapped in an :class:`~lightning_async.engine_optimizer.EngineOptimizer` whose ``step``
+offers the worker's gradients to an engine, which applies them to the authoritative parameters with the user's
+own update rule, measures their staleness and enforces ``max_staleness``.
+"""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+import time
+from datetime import timedelta
+from typing import Any, Literal
+
+import torch
+import torch.distributed as dist
+from lightning.fabric.plugins import CheckpointIO, ClusterEnvironment
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.accelerators import Accelerator
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.overrides.distributed import _sync_module_states
+from lightning.pytorch.plugins.precision import Precision
+from lightning.pytorch.strategies import DDPStrategy
+from lightning.pytorch.trainer.states import RunningStage, TrainerFn
+from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
+from torch.utils.data import DataLoader, DistributedSampler, IterableDataset, RandomSampler
+from typing_extensions import override
+
+from lightning_async.engine.base import Telemetry
+from lightning_async.engine.bound import BOUND_POLICIES, validate_bound_policy, validate_max_staleness
+from lightning_async.engine.shared_memory import SharedMemoryEngine
+from lightning_async.engine.shm import pid_alive, remove_stale_runs, run_directory
+from lightning_async.engine_optimizer import EngineOptimizer
+from lightning_async.sampler import SharedCursorBatchSampler
+from lightning_async.schedulers import GlobalProgressScheduler
+
+#: precisions whose gradients reach ``optimizer.step`` unscaled and whose optimizer step is never skipped
+SUPPORTED_PRECISIONS = ("32-true", "32", "64-true", "64", "bf16-mixed", "bf16-true", "bf16")
+ENGINES = ("shared_memory",)
+_STATE_KEY = "lightning_async"
+
+
+class AsyncAdaptiveStrategy(DDPStrategy):
+    """Train on N worker processes that apply their gradients asynchronously, with bounded staleness.
+
+    Each worker computes gradients on its own copy of the parameters and applies them, through the user's
+    optimizer, to the authoritative parameters and optimizer state held by the engine, without waiting for the
+    other workers. The *staleness* of an update (updates applied by others since the worker read its parameters)
+    never exceeds ``max_staleness``.
+
+    Args:
+        max_staleness: the bound K on staleness, or ``None`` for no bound. With K >= workers - 1 no worker waits
+            in the steady state.
+        bound_policy: what a worker does when applying its update now would break the bound:
+            ``"accumulate"`` (default: keep computing on the same parameters and sum gradients until it may
+            apply; no work is lost and no worker idles), ``"wait"`` (idle until it may apply), or ``"drop"``
+            (apply whenever; updates that arrive too stale are discarded and counted).
+        engine: where the authoritative state lives. ``"shared_memory"``: one node, lock-free writes.
+        timeout: seconds any single wait (for a peer, for the bound, for a collective) may last before the run
+            stops with an error naming the worker it waited for.
+        max_consecutive_nonfinite: a worker whose gradients are non-finite this many times in a row stops the run
+            (each one is rejected before it reaches the optimizer state).
+        dynamic_batches: faster workers take more batches from a shared cursor (each sample still once per
+            epoch). ``False`` keeps Lightning's static ``DistributedSampler`` split.
+        print_summary: print the staleness and throughput summary at the end of fit (rank 0).
+        start_method: how Lightning launches the workers (``"popen"``, ``"spawn"``, ``"fork"``,
+            ``"forkserver"``), as for DDP.
+        process_group_backend: the backend of the process group used for launching and metric reduction
+            (default: ``gloo`` on CPU).
+    """
+
+    strategy_name = "async_adaptive"
+
+    def __init__(
+        self,
+        max_staleness: int | None = 4,
+        bound_policy: Literal["accumulate", "wait", "drop"] = "accumulate",
+        engine: Literal["shared_memory"] = "shared_memory",
+        timeout: float = 300.0,
+        max_consecutive_nonfinite: int = 5,
+        dynamic_batches: bool = True,
+        print_summary: bool = True,
+        start_method: Literal["popen", "spawn", "fork", "forkserver"] = "popen",
+        process_group_backend: str | None = None,
+        accelerator: Accelerator | None = None,
+        parallel_devices: list[torch.device] | None = None,
+        cluster_environment: ClusterEnvironment | None = None,
+        checkpoint_io: CheckpointIO | None = None,
+        precision_plugin: Precision | None = None,
+    ) -> None:
+        validate_max_staleness(max_staleness)
+        validate_bound_policy(bound_policy)
+        if engine not in ENGINES:
+            raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}.")
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}.")
+        if isinstance(max_consecutive_nonfinite, bool) or not isinstance(max_consecutive_nonfinite, int) or (
+            max_consecutive_nonfinite < 1
+        ):
+            raise ValueError(f"max_consecutive_nonfinite must be an integer >= 1, got {max_consecutive_nonfinite!r}.")
+        super().__init__(
+            accelerator=accelerator,
+            parallel_devices=parallel_devices,
+            cluster_environment=cluster_environment,
+            checkpoint_io=checkpoint_io,
+            precision_plugin=precision_plugin,
+            process_group_backend=process_group_backend,
+            timeout=timedelta(seconds=timeout),
+            start_method=start_method,
+        )
+        self.max_staleness = max_staleness
+        self.bound_policy = bound_policy
+        self.engine_name = engine
+        self.engine_timeout = float(timeout)
+        self.max_consecutive_nonfinite = max_consecutive_nonfinite
+        self.dynamic_batches = dynamic_batches
+        self.print_summary = print_summary
+        self.engine: SharedMemoryEngine | None = None
+        self._local_params: list[torch.nn.Parameter] = []
+        self._batch_samples = 0
+        self._in_training_step = False
+        self._snapshot: dict[str, Any] | None = None
+        #: the staleness and throughput summary of the last fit (rank 0), see :class:`Telemetry`
+        self.telemetry: Telemetry | None = None
+
+    # ------------------------------------------------------------------ registry
+    @classmethod
+    @override
+    def register_strategies(cls, strategy_registry: Any) -> None:
+        for name, start_method in (
+            ("async_adaptive", "popen"),
+            ("async_adaptive_spawn", "spawn"),
+            ("async_adaptive_fork", "fork"),
+            ("async_adaptive_forkserver", "forkserver"),
+        ):
+            strategy_registry.register(
+                name,
+                cls,
+                description=f"Asynchronous bounded-staleness adaptive training, start_method '{start_method}'",
+                start_method=start_method,
+                override=True,
+            )
+
+    # ------------------------------------------------------------------ setup
+    @override
+    def configure_ddp(self) -> None:
+        # no DistributedDataParallel wrapper: only start every worker from rank 0's weights, as DDP would
+        assert self.model is not None
+        _sync_module_states(self.model)
+
+    @override
+    def setup(self, trainer: Trainer) -> None:
+        if trainer.state.fn == TrainerFn.FITTING:
+            self._validate_trainer(trainer)
+        super().setup(trainer)
+        if trainer.state.fn == TrainerFn.FITTING:
+            trainer.callbacks.append(_EngineLifecycle(self))
+
+    def _validate_trainer(self, trainer: Trainer) -> None:
+        precision = str(trainer.precision)
+        if precision not in SUPPORTED_PRECISIONS:
+            raise ValueError(
+                f"AsyncAdaptiveStrategy does not support precision={precision!r}: a gradient scaler skips "
+                "optimizer steps on overflow per worker. Use precision='bf16-mixed' (same memory and speed benefits, "
+                "no scaler) or '32-true'."
+            )
+        if self.num_nodes > 1:
+            raise ValueError(
+                f"engine='shared_memory' runs on one node, but num_nodes={self.num_nodes}. Use one node "
+                "(Trainer(num_nodes=1))."
+            )
+        if self.world_size > 1:
+            for callback in trainer.checkpoint_callbacks:
+                if isinstance(callback, ModelCheckpoint) and (
+                    callback._every_n_train_steps or callback._train_time_interval is not None
+                ):
+                    raise ValueError(
+                        "ModelCheckpoint(every_n_train_steps=...) or (train_time_interval=...) would checkpoint at a "
+                        "different moment on each asynchronous worker (their step counts differ). Use "
+                        "ModelCheckpoint(every_n_epochs=...) with AsyncAdaptiveStrategy."
+                    )
+            interval = trainer.val_check_interval
+            if not (isinstance(interval, float) and interval == 1.0):
+                raise ValueError(
+                    f"Trainer(val_check_interval={interval!r}) would validate at a different moment on each "
+                    "asynchronous worker (their batch counts differ). Keep val_check_interval=1.0 and use "
+                    "check_val_every_n_epoch with AsyncAdaptiveStrategy."
+                )
+
+    @override
+    def setup_optimizers(self, trainer: Trainer) -> None:
+        super().setup_optimizers(trainer)
+        if len(self.optimizers) != 1:
+            raise ValueError(
+                f"AsyncAdaptiveStrategy trains with exactly one optimizer, but configure_optimizers returned "
+                f"{len(self.optimizers)}. Put the parameters in parameter groups of one optimizer instead."
+            )
+        optimizer = self.optimizers[0]
+        if isinstance(optimizer, torch.optim.LBFGS):
+            raise ValueError(
+                "torch.optim.LBFGS re-evaluates the loss inside step(); an asynchronous engine applies a gradient "
+                "computed earlier. Use a first-order optimizer (e.g. lightning_async.optim.AsyncAdam)."
+            )
+        self._local_params = _ordered_params(optimizer)
+        self.engine = self._create_engine(optimizer)
+        self.optimizers = [EngineOptimizer(optimizer, self.engine, self._local_params, lambda: self._batch_samples)]
+        for config in self.lr_scheduler_configs:
+            if config.interval == "step" and config.monitor is None:
+                config.scheduler = GlobalProgressScheduler(config.scheduler, self.engine)  # type: ignore[assignment]
+
+    def _create_engine(self, optimizer: torch.optim.Optimizer) -> SharedMemoryEngine:
+        token = torch.zeros(1, dtype=torch.int64)
+        if self.global_rank == 0:
+            remove_stale_runs()
+            token[0] = secrets.randbits(62)
+        if dist.is_available() and dist.is_initialized():
+            dist.broadcast(token, src=0)
+        directory = run_directory(int(token[0]))
+        kwargs = dict(
+            directory=directory,
+            worker=self.global_rank,
+            num_workers=self.world_size,
+            params=self._local_params,
+            optimizer=optimizer,
+            max_staleness=self.max_staleness,
+            bound_policy=self.bound_policy,
+            timeout=self.engine_timeout,
+            max_consecutive_nonfinite=self.max_consecutive_nonfinite,
+        )
+        engine = SharedMemoryEngine(create=True, **kwargs) if self.global_rank == 0 else None
+        self.barrier("lightning_async.engine_created")
+        if engine is None:
+            engine = SharedMemoryEngine(create=False, **kwargs)
+            engine.attach_state()
+        return engine
+
+    # ------------------------------------------------------------------ data
+    @override
+    def process_dataloader(self, dataloader: object) -> object:
+        trainer = self.lightning_module.trainer if self.lightning_module is not None else None
+        if (
+            not self.dynamic_batches
+            or self.engine is None
+            or trainer is None
+            or trainer.state.stage != RunningStage.TRAINING
+            or not isinstance(dataloader, DataLoader)
+            or isinstance(dataloader.dataset, IterableDataset)
+        ):
+            return dataloader
+        if dataloader.batch_size is None:
+            rank_zero_warn(
+                "lightning_async: the train DataLoader uses a custom batch_sampler, so batches are split statically "
+                "(DistributedSampler) instead of going to whichever worker is free. Pass batch_size to the "
+                "DataLoader to enable dynamic batches."
+            )
+            return dataloader
+        sampler = dataloader.sampler
+        shuffle = bool(getattr(sampler, "shuffle", isinstance(sampler, RandomSampler)))
+        seed = int(getattr(sampler, "seed", 0)) if isinstance(sampler, DistributedSampler) else 0
+        batch_sampler = SharedCursorBatchSampler(
+            num_samples=len(dataloader.dataset),  # type: ignore[arg-type]
+            batch_size=dataloader.batch_size,
+            drop_last=dataloader.drop_last,
+            shuffle=shuffle,
+            seed=seed,
+            cursor=self.engine,
+        )
+        kwargs: dict[str, Any] = dict(
+            batch_sampler=batch_sampler,
+            num_workers=dataloader.num_workers,
+            collate_fn=dataloader.collate_fn,
+            pin_memory=dataloader.pin_memory,
+            timeout=dataloader.timeout,
+            worker_init_fn=dataloader.worker_init_fn,
+            multiprocessing_context=dataloader.multiprocessing_context,
+            generator=dataloader.generator,
+            persistent_workers=dataloader.persistent_workers,
+        )
+        if dataloader.num_workers > 0:
+            kwargs["prefetch_factor"] = dataloader.prefetch_factor
+        return DataLoader(dataloader.dataset, **kwargs)
+
+    # ------------------------------------------------------------------ training
+    @override
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        super().on_train_batch_start(batch, batch_idx)
+        self._batch_samples = _batch_size(batch)
+        if self.engine is not None:
+            self.engine.begin_step(self._local_params)
+
+    @override
+    def training_step(self, *args: Any, **kwargs: Any) -> Any:
+        # metrics logged with sync_dist inside training_step are reduced locally: workers run different numbers
+        # of steps, so a per-step collective would pair different steps (or hang); epoch-level values still sync
+        self._in_training_step = True
+        try:
+            return super().training_step(*args, **kwargs)
+        finally:
+            self._in_training_step = False
+
+    @override
+    def reduce(self, tensor: Any, group: Any | None = None, reduce_op: Any = "mean") -> Any:
+        if self._in_training_step:
+            return tensor
+        return super().reduce(tensor, group=group, reduce_op=reduce_op)
+
+    # ------------------------------------------------------------------ checkpoints
+    @override
+    def lightning_module_state_dict(self) -> dict[str, Any]:
+        state = super().lightning_module_state_dict()
+        if self.engine is None or not self.is_global_zero:
+            return state
+        self._snapshot = self.engine.snapshot()
+        names = _param_names(self.lightning_module, self._local_params)
+        for name, value in zip(names, self._snapshot["params"]):
+            if name in state:
+                state[name] = value
+        return state
+
+    @override
+    def optimizer_state(self, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+        if self.engine is None or not self.is_global_zero:
+            return super().optimizer_state(optimizer)
+        snapshot, self._snapshot = self._snapshot or self.engine.snapshot(), None
+        state = dict(snapshot["optimizer"])
+        state[_STATE_KEY] = snapshot["engine"]
+        return state
+
+    @override
+    def load_optimizer_state_dict(self, checkpoint: Any) -> None:
+        states = checkpoint["optimizer_states"]
+        if self.engine is None or not states:
+            super().load_optimizer_state_dict(checkpoint)
+            return
+        state = dict(states[0])
+        engine_state = state.pop(_STATE_KEY, None)
+        if engine_state is None:
+            rank_zero_warn(
+                "lightning_async: the checkpoint has no asynchronous engine state (it was saved by another "
+                "strategy); resuming its parameters and optimizer state with versions and counters at 0."
+            )
+        self.optimizers[0].load_state_dict(state)
+        self.engine.adopt_optimizer_state(is_creator=self.is_global_zero)
+        if self.is_global_zero and engine_state is not None:
+            self.engine.load_snapshot(engine_state)
+        self.barrier("lightning_async.state_loaded")
+        if not self.is_global_zero:
+            self.engine.attach_state()
+
+    # ------------------------------------------------------------------ teardown
+    @override
+    def teardown(self) -> None:
+        engine, self.engine = self.engine, None
+        if engine is not None:
+            engine.close()
+            if self.is_global_zero:
+                _wait_for_workers(engine, self.engine_timeout)
+                shutil.rmtree(engine.directory, ignore_errors=True)
+        self.optimizers = [o.optimizer if isinstance(o, EngineOptimizer) else o for o in self.optimizers]
+        super().teardown()
+
+
+class _EngineLifecycle(Callback):
+    """Ties the engine to the fit loop: start, epoch ends (flush and refresh), logging, and the final summary."""
+
+    def __init__(self, strategy: AsyncAdaptiveStrategy) -> None:
+        self.strategy = strategy
+
+    @property
+    def engine(self) -> SharedMemoryEngine | None:
+        return self.strategy.engine
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.engine is not None:
+            self.engine.start()
+            self.engine.refresh(self.strategy._local_params)
+
+    def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # validate the authoritative parameters; flush first so no peer waits on this worker's read meanwhile
+        if self.engine is not None and not trainer.sanity_checking:
+            self.engine.end_epoch(self.strategy._local_params)
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.engine is not None:
+            self.engine.end_epoch(self.strategy._local_params)
+            self._log(trainer)
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any) -> None:
+        if self.engine is not None and trainer.is_global_zero and trainer.global_step % trainer.log_every_n_steps == 0:
+            self._log(trainer)
+
+    def _log(self, trainer: Trainer) -> None:
+        if not trainer.is_global_zero or not trainer.loggers or self.engine is None:
+            return
+        metrics = self.engine.telemetry().metrics()
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=trainer.global_step)
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        engine = self.engine
+        if engine is None:
+            return
+        engine.finish(self.strategy._local_params)
+        if trainer.is_global_zero:
+            _wait_for_workers(engine, self.strategy.engine_timeout)
+            engine.refresh(self.strategy._local_params)
+            telemetry = engine.telemetry()
+            self.strategy.telemetry = telemetry
+            self._log(trainer)
+            if self.strategy.print_summary:
+                rank_zero_info(telemetry.summary())
+
+
+def _wait_for_workers(engine: SharedMemoryEngine, timeout: float) -> None:
+    """Bounded wait until every worker has finished training (or its process is gone)."""
+    deadline = time.monotonic() + timeout
+    status, pids = engine._view("status"), engine._view("pid")
+    while time.monotonic() < deadline:
+        if all(s != 1 or (p > 0 and not pid_alive(int(p))) for s, p in zip(status, pids)):
+            return
+        time.sleep(0.01)
+
+
+def _ordered_params(optimizer: torch.optim.Optimizer) -> list[torch.nn.Parameter]:
+    seen: set[int] = set()
+    params = []
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            if id(p) not in seen:
+                seen.add(id(p))
+                params.append(p)
+    return params
+
+
+def _param_names(module: torch.nn.Module | None, params: list[torch.nn.Parameter]) -> list[str]:
+    assert module is not None
+    by_id = {id(p): name for name, p in module.named_parameters(remove_duplicate=False)}
+    return [by_id.get(id(p), "") for p in params]
+
+
+def _batch_size(batch: Any) -> int:
+    if isinstance(batch, torch.Tensor):
+        return int(batch.shape[0]) if batch.dim() else 1
+    if isinstance(batch, (list, tuple)) and batch:
+        return _batch_size(batch[0])
+    if isinstance(batch, dict) and batch:
+        return _batch_size(next(iter(batch.values())))
+    return 1
+
+
+__all__ = ["AsyncAdaptiveStrategy", "BOUND_POLICIES", "ENGINES", "SUPPORTED_PRECISIONS"]
