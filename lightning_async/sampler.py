@@ -48,8 +48,10 @@ class SharedCursorBatchSampler(Sampler[list[int]]):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def __len__(self) -> int:
-        """All batches of the epoch: an upper bound on what this worker gets (the exact share is dynamic)."""
+    # No __len__ on purpose: a worker's share of an epoch is only known when it ends. Without a length, Lightning
+    # validates when the iterator is exhausted instead of after a fixed count of batches that a worker may not reach.
+    def num_batches(self) -> int:
+        """All batches of the epoch over all workers."""
         if self.drop_last:
             return self.num_samples // self.batch_size
         return -(-self.num_samples // self.batch_size)
@@ -62,7 +64,7 @@ class SharedCursorBatchSampler(Sampler[list[int]]):
 
     def __iter__(self) -> Iterator[list[int]]:
         order = self._order()
-        num_batches = len(self)
+        num_batches = self.num_batches()
         while (index := self.cursor.next_batch(self.epoch, num_batches)) is not None:
             yield order[index * self.batch_size : (index + 1) * self.batch_size].tolist()
 
