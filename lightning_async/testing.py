@@ -1,0 +1,140 @@
+"""Callbacks that make workers slow or faulty on purpose: for tests, demos and benchmarks.
+
+Both are keyed on the worker's global rank and its own step count, so a run is reproducible whatever the timing.
+They can be configured in YAML like any callback (``trainer.callbacks``), or from the environment with
+:func:`fault_injector_from_env` so that they work under any launcher.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+
+
+def _ranks(ranks: int | Sequence[int]) -> frozenset[int]:
+    values = (ranks,) if isinstance(ranks, int) else tuple(ranks)
+    for r in values:
+        if isinstance(r, bool) or not isinstance(r, int) or r < 0:
+            raise ValueError(f"ranks must be non-negative integers, got {ranks!r}.")
+    return frozenset(values)
+
+
+class Slowdown(Callback):
+    """Makes the chosen workers ``factor`` times slower at computing gradients.
+
+    The time from the start of a training batch to the moment its gradient is ready (forward, backward, clipping)
+    is measured, and the worker then sleeps ``(factor - 1)`` times that long before the optimizer step. Under DDP the
+    sleep holds back every worker at the next all-reduce; under ``async_adaptive`` only the slowed worker.
+
+    Args:
+        ranks: global rank(s) to slow down.
+        factor: slowdown factor k >= 1 (1 means no slowdown).
+        extra_seconds: a constant delay added to every slowed step, on top of the proportional one.
+    """
+
+    def __init__(self, ranks: int | list[int] = 1, factor: float = 2.0, extra_seconds: float = 0.0) -> None:
+        self.ranks = _ranks(ranks)
+        if not factor >= 1.0:
+            raise ValueError(f"factor must be >= 1 (1 = no slowdown), got {factor!r}.")
+        if not extra_seconds >= 0.0:
+            raise ValueError(f"extra_seconds must be >= 0, got {extra_seconds!r}.")
+        self.factor = float(factor)
+        self.extra_seconds = float(extra_seconds)
+        self._start: float | None = None
+        self.slept = 0.0
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
+        self._start = time.perf_counter()
+
+    def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer: Any) -> None:
+        if trainer.global_rank not in self.ranks or self._start is None:
+            return
+        delay = (self.factor - 1.0) * (time.perf_counter() - self._start) + self.extra_seconds
+        if delay > 0:
+            time.sleep(delay)
+            self.slept += delay
+        self._start = None
+
+
+FAULTS = ("crash", "hang", "nan", "inf", "raise", "delay")
+
+
+class FaultInjector(Callback):
+    """Injects a fault on chosen workers at chosen steps (the worker's own count of optimizer steps, from 0).
+
+    Faults:
+        ``"nan"`` / ``"inf"``: the gradients of that step become non-finite (after backward, before the step).
+        ``"crash"``: the process exits at once with exit code 1 (``os._exit``), as a killed worker would.
+        ``"hang"``: the process sleeps ``seconds`` (default one hour): a hung worker.
+        ``"raise"``: a ``RuntimeError`` is raised in the training loop.
+        ``"delay"``: the step is delayed by ``seconds``.
+
+    Args:
+        fault: one of the faults above.
+        ranks: global rank(s) where it happens.
+        steps: the step(s) at which it happens.
+        seconds: duration for ``"hang"`` and ``"delay"``.
+    """
+
+    def __init__(
+        self, fault: str, ranks: int | list[int] = 1, steps: int | list[int] = 0, seconds: float = 3600.0
+    ) -> None:
+        if fault not in FAULTS:
+            raise ValueError(f"fault must be one of {FAULTS}, got {fault!r}.")
+        self.fault = fault
+        self.ranks = _ranks(ranks)
+        self.steps = _ranks(steps)
+        self.seconds = float(seconds)
+        self.fired = 0
+        self._step = 0
+
+    def _due(self, trainer: Trainer) -> bool:
+        return trainer.global_rank in self.ranks and self._step in self.steps
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
+        if not self._due(trainer):
+            return
+        if self.fault == "crash":
+            os._exit(1)
+        if self.fault == "raise":
+            self.fired += 1
+            raise RuntimeError(f"FaultInjector: injected error on worker {trainer.global_rank} at step {self._step}")
+        if self.fault in ("hang", "delay"):
+            self.fired += 1
+            time.sleep(self.seconds)
+
+    def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer: Any) -> None:
+        if self.fault in ("nan", "inf") and self._due(trainer):
+            value = float("nan") if self.fault == "nan" else float("inf")
+            for p in pl_module.parameters():
+                if p.grad is not None:
+                    p.grad.fill_(value)
+                    break
+            self.fired += 1
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any) -> None:
+        self._step += 1
+
+
+def fault_injector_from_env(variable: str = "LIGHTNING_ASYNC_FAULT") -> FaultInjector | None:
+    """Build a :class:`FaultInjector` from a JSON environment variable, e.g.
+    ``LIGHTNING_ASYNC_FAULT='{"fault": "crash", "ranks": 1, "steps": 5}'``; ``None`` when it is unset."""
+    raw = os.environ.get(variable)
+    if not raw:
+        return None
+    try:
+        spec = json.loads(raw)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{variable} must hold a JSON object such as {{\"fault\": \"nan\"}}, got {raw!r}") from error
+    return FaultInjector(**spec)
+
+
+def non_finite_parameters(module: torch.nn.Module) -> list[str]:
+    """Names of the parameters that hold a NaN or an infinity (empty when all are finite)."""
+    return [name for name, p in module.named_parameters() if not bool(torch.isfinite(p).all())]
