@@ -39,6 +39,7 @@ from lightning_async.optim.validation import validate_staleness
 __all__ = ["apply_rule"]
 
 
+@torch.no_grad()
 def apply_rule(
     params: Sequence[Tensor],
     grads: Sequence[Tensor],
@@ -294,7 +295,8 @@ def _bucket_update(params: list[Tensor], grads: list[Tensor], states: list[dict[
     key = spec.momentum_key(geometry)
     bufs = [st[key] for st in states] if spec.has_momentum_buffer else None
     if bufs is not None and spec.momentum_type == "raw":
-        num, owned = _momentum(bufs, g, g_owned, ks, spec)
+        # The geometry still reads the raw gradient, so the Nesterov direction may reuse g's memory only for sgd.
+        num, owned = _momentum(bufs, g, g_owned and geometry == "sgd", ks, spec)
         d = _Direction(num, None, n, owned)
     else:
         d = _Direction(g, None, n, g_owned)

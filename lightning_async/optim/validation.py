@@ -136,11 +136,6 @@ def check_combinations(owner: str, hparams: Mapping[str, Any]) -> None:
                 f"{owner}: nesterov=True with momentum_form='heavy_ball' requires {name} > 0 and dampening == 0, "
                 f"got {name}={beta!r}, dampening={hparams['dampening']!r}"
             )
-    if hparams["kappa_lo"] > hparams["kappa_hi"]:
-        raise ValueError(
-            f"{owner}: kappa_lo must be <= kappa_hi, got kappa_lo={hparams['kappa_lo']!r}, "
-            f"kappa_hi={hparams['kappa_hi']!r}"
-        )
 
 
 def validate_hparams(hparams: Mapping[str, Any], owner: str = "apply_rule") -> None:
