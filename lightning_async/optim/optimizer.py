@@ -15,7 +15,7 @@ import torch
 from torch.optim.optimizer import ParamsT
 
 from lightning_async.optim.functional import apply_rule
-from lightning_async.optim.spec import RuleSpec, ensure_block_state
+from lightning_async.optim.spec import RuleSpec, ensure_block_state, infer_missing_step
 from lightning_async.optim.validation import REQUIRED_KEYS, check_combinations, check_value, validate_staleness
 
 # Values of every rule hyper-parameter that a preset does not expose: plain synchronous behaviour.
@@ -95,8 +95,10 @@ class AsyncOptimizer(torch.optim.Optimizer):
         super().__setstate__(state)
         # A checkpoint of a torch optimizer lacks the keys of the new parts: fill them from our defaults.
         for group in self.param_groups:
-            for key, value in self.defaults.items():
-                group.setdefault(key, value)
+            for key in (*REQUIRED_KEYS, "foreach"):
+                group.setdefault(key, self.defaults[key])
+        for param_state in self.state.values():
+            infer_missing_step(param_state)
 
     # ------------------------------------------------------------------------------------------------ state
     @torch.no_grad()

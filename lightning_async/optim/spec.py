@@ -196,11 +196,19 @@ def ensure_block_state(param: Tensor, state: dict[str, Tensor], spec: RuleSpec) 
     taken as 1 (torch does not record the true count); this only matters for parts torch does not have
     (diminishing steps, ``lr_decay``), and it keeps the first-update buffer initialisation from running again.
     """
-    if "step" not in state:
-        had_updates = any(k in state for k in ("momentum_buffer", "exp_avg"))
-        if state:
-            state["step"] = torch.tensor(1.0 if had_updates else 0.0, dtype=_get_scalar_dtype())
+    infer_missing_step(state)
     if all(k in state for k in spec.state_keys(param)):
         return
     for key, value in init_block_state(param, spec).items():
         state.setdefault(key, value)
+
+
+def infer_missing_step(state: dict[str, Tensor]) -> None:
+    """Give a non-empty state loaded from a torch checkpoint without ``step`` (SGD, Muon) a version.
+
+    torch creates those optimizers' only state, the momentum buffer, at the first update, so a block that has
+    one has had at least one update: its version is taken as 1 (torch does not record the true count).
+    """
+    if state and "step" not in state:
+        had_updates = any(k in state for k in ("momentum_buffer", "exp_avg"))
+        state["step"] = torch.tensor(1.0 if had_updates else 0.0, dtype=_get_scalar_dtype())

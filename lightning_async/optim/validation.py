@@ -152,7 +152,10 @@ def validate_hparams(hparams: Mapping[str, Any], owner: str = "apply_rule") -> N
     """
     missing = [k for k in REQUIRED_KEYS if k not in hparams]
     if missing:
-        raise KeyError(f"{owner}: missing hyper-parameters {missing}")
+        raise KeyError(
+            f"{owner}: missing hyper-parameters {missing}; pass a param group of a lightning_async.optim optimizer "
+            "or start from {**lightning_async.optim.RULE_DEFAULTS, ...}"
+        )
     for name in REQUIRED_KEYS:
         check_value(owner, name, hparams[name])
     check_combinations(owner, hparams)
