@@ -13,6 +13,7 @@ import secrets
 import shutil
 import time
 from datetime import timedelta
+from functools import partial
 from typing import Any, Literal
 
 import torch
@@ -25,6 +26,7 @@ from lightning.pytorch.overrides.distributed import _sync_module_states
 from lightning.pytorch.plugins.precision import Precision
 from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.trainer.states import RunningStage, TrainerFn
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader, DistributedSampler, IterableDataset, RandomSampler
 from typing_extensions import override
@@ -158,6 +160,10 @@ class AsyncAdaptiveStrategy(DDPStrategy):
         super().setup(trainer)
         if trainer.state.fn == TrainerFn.FITTING:
             trainer.callbacks.append(_EngineLifecycle(self))
+            # Lightning >= 2.5 broadcasts a SIGTERM flag from rank 0 before *every* training batch when
+            # distributed: a per-step collective that would put asynchronous workers in lockstep (and pair
+            # different steps). Each worker checks its own flag instead; there is no switch for this upstream.
+            trainer.fit_loop.epoch_loop._broadcast_sigterm_tensor = partial(_raise_on_local_sigterm, trainer)
 
     def _validate_trainer(self, trainer: Trainer) -> None:
         precision = str(trainer.precision)
@@ -412,6 +418,11 @@ class _EngineLifecycle(Callback):
             self._log(trainer)
             if self.strategy.print_summary:
                 rank_zero_info(telemetry.summary())
+
+
+def _raise_on_local_sigterm(trainer: Trainer) -> None:
+    if getattr(trainer, "received_sigterm", False):
+        raise SIGTERMException()
 
 
 def _wait_for_workers(engine: SharedMemoryEngine, timeout: float) -> None:

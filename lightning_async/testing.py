@@ -26,11 +26,12 @@ def _ranks(ranks: int | Sequence[int]) -> frozenset[int]:
 
 
 class Slowdown(Callback):
-    """Makes the chosen workers ``factor`` times slower at computing gradients.
+    """Makes the chosen workers ``factor`` times slower.
 
-    The time from the start of a training batch to the moment its gradient is ready (forward, backward, clipping)
-    is measured, and the worker then sleeps ``(factor - 1)`` times that long before the optimizer step. Under DDP the
-    sleep holds back every worker at the next all-reduce; under ``async_adaptive`` only the slowed worker.
+    A worker's natural step time (one whole training iteration, without the injected delay) is tracked as a moving
+    average, and each step of a slowed worker sleeps ``(factor - 1)`` times that long between computing its
+    gradient and the optimizer step, as a slower device would. Under DDP the sleep holds back every worker at the
+    next all-reduce; under ``async_adaptive`` only the slowed worker.
 
     Args:
         ranks: global rank(s) to slow down.
@@ -46,19 +47,31 @@ class Slowdown(Callback):
             raise ValueError(f"extra_seconds must be >= 0, got {extra_seconds!r}.")
         self.factor = float(factor)
         self.extra_seconds = float(extra_seconds)
-        self._start: float | None = None
+        self.natural_step_seconds: float | None = None
         self.slept = 0.0
+        self._start: float | None = None
+        self._slept_this_step = 0.0
 
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
         self._start = time.perf_counter()
+        self._slept_this_step = 0.0
 
     def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer: Any) -> None:
         if trainer.global_rank not in self.ranks or self._start is None:
             return
-        delay = (self.factor - 1.0) * (time.perf_counter() - self._start) + self.extra_seconds
+        natural = self.natural_step_seconds or (time.perf_counter() - self._start)
+        delay = (self.factor - 1.0) * natural + self.extra_seconds
         if delay > 0:
             time.sleep(delay)
+            self._slept_this_step += delay
             self.slept += delay
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any) -> None:
+        if self._start is None:
+            return
+        natural = time.perf_counter() - self._start - self._slept_this_step
+        previous = self.natural_step_seconds
+        self.natural_step_seconds = natural if previous is None else 0.9 * previous + 0.1 * natural
         self._start = None
 
 

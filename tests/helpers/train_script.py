@@ -1,0 +1,116 @@
+"""A small asynchronous training run launched as its own script (Lightning's popen launcher re-runs argv).
+
+Each worker writes ``<out>/rank<r>.json`` with the sample indices it trained on (per epoch), its step count and
+metrics; rank 0 adds the engine's telemetry. Used by tests/test_strategy.py through ``subprocess``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+import lightning as L
+import torch
+import torchmetrics
+from torch.utils.data import DataLoader, TensorDataset
+
+import lightning_async
+from lightning_async.testing import FaultInjector, Slowdown, non_finite_parameters
+
+
+class Regression(L.LightningModule):
+    def __init__(self, lr: float = 0.01) -> None:
+        super().__init__()
+        self.lr = lr
+        self.net = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.Tanh(), torch.nn.Linear(32, 1))
+        self.val_mse = torchmetrics.MeanSquaredError()
+        self.seen: dict[int, list[int]] = {}
+        self.epoch_losses: list[float] = []
+        self._epoch_loss: list[float] = []
+
+    def training_step(self, batch, batch_idx):
+        x, y, index = batch
+        self.seen.setdefault(self.current_epoch, []).extend(index.tolist())
+        loss = torch.nn.functional.mse_loss(self.net(x), y)
+        self.log("train_loss", loss, sync_dist=True, on_step=True, on_epoch=True)
+        self._epoch_loss.append(float(loss))
+        return loss
+
+    def on_train_epoch_end(self):
+        self.epoch_losses.append(sum(self._epoch_loss) / max(len(self._epoch_loss), 1))
+        self._epoch_loss = []
+
+    def validation_step(self, batch, batch_idx):
+        x, y, _ = batch
+        self.val_mse(self.net(x), y)
+        self.log("val_mse", self.val_mse, sync_dist=True)
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.Adam(self.parameters(), lr=self.lr)
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=50, gamma=0.5)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def dataset(n: int = 1024) -> TensorDataset:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, 8, generator=g)
+    y = torch.sin(x @ torch.linspace(-1, 1, 8).unsqueeze(1))
+    return TensorDataset(x, y, torch.arange(n))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--devices", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--max-staleness", type=int, default=4)
+    parser.add_argument("--bound-policy", default="accumulate")
+    parser.add_argument("--timeout", type=float, default=60.0)
+    parser.add_argument("--max-consecutive-nonfinite", type=int, default=5)
+    parser.add_argument("--slow-rank", type=int, default=None)
+    parser.add_argument("--factor", type=float, default=1.0)
+    parser.add_argument("--fault", default=None, help="JSON kwargs of FaultInjector")
+    args = parser.parse_args()
+
+    torch.manual_seed(0)
+    callbacks = []
+    if args.slow_rank is not None:
+        callbacks.append(Slowdown(ranks=args.slow_rank, factor=args.factor))
+    if args.fault:
+        callbacks.append(FaultInjector(**json.loads(args.fault)))
+    strategy = lightning_async.AsyncAdaptiveStrategy(
+        max_staleness=args.max_staleness,
+        bound_policy=args.bound_policy,
+        timeout=args.timeout,
+        max_consecutive_nonfinite=args.max_consecutive_nonfinite,
+    )
+    trainer = L.Trainer(
+        accelerator="cpu", devices=args.devices, strategy=strategy, max_epochs=args.epochs, callbacks=callbacks,
+        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        default_root_dir=str(args.out),
+    )
+    model = Regression()
+    data = dataset()
+    trainer.fit(model, DataLoader(data, batch_size=16, shuffle=True), DataLoader(data, batch_size=64))
+    report = {
+        "pid": os.getpid(),
+        "seen": model.seen,
+        "steps": trainer.global_step,
+        "epoch_losses": model.epoch_losses,
+        "metrics": {k: float(v) for k, v in trainer.callback_metrics.items()},
+        "non_finite": non_finite_parameters(model),
+    }
+    telemetry = trainer.strategy.telemetry
+    if telemetry is not None:
+        report["telemetry"] = {
+            "counters": telemetry.counters,
+            "histogram": telemetry.staleness_histogram,
+            "per_worker": telemetry.per_worker,
+        }
+    (args.out / f"rank{trainer.global_rank}.json").write_text(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()
