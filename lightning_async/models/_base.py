@@ -83,7 +83,7 @@ class ClassificationModule(pl.LightningModule):
         # NOTE [no collectives in training_step]: under the async strategy, workers take different numbers of
         # training steps, so a per-step (or per-epoch) all-reduce of the training loss would force them back into
         # lockstep or hang. The training loss is logged per rank; validation and test are synchronised.
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, sync_dist=False)
+        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, sync_dist=False)
         return loss
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:

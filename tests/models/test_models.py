@@ -111,7 +111,7 @@ def test_mlp_learns_digits_and_logs_metrics(tmp_path):
     data = DigitsDataModule()
     trainer.fit(model, datamodule=data)
     metrics = trainer.callback_metrics
-    assert {"train/loss_step", "train/loss_epoch", "val/loss", "val/acc"} <= set(metrics)
+    assert {"train/loss", "val/loss", "val/acc"} <= set(metrics)
     assert metrics["val/acc"] > 0.85
     (test,) = trainer.test(model, datamodule=data, verbose=False)
     assert test["test/acc"] > 0.85 and "test/loss" in test

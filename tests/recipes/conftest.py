@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import lightning_async
-
 REPO = Path(__file__).resolve().parents[2]
 RECIPES = REPO / "recipes"
 
@@ -37,19 +35,6 @@ def single_process(tmp_path: Path) -> list[str]:
         "--trainer.enable_model_summary=false",
         f"--trainer.default_root_dir={tmp_path}",
     ]
-
-
-def strategy_not_landed_override() -> list[str]:
-    """``--trainer.strategy=auto`` while ``lightning_async.AsyncAdaptiveStrategy`` does not exist yet.
-
-    TODO(issue 6): the async strategy is being written in parallel with the recipes. Until
-    ``lightning_async.AsyncAdaptiveStrategy`` is importable, the recipes that name it cannot even be parsed, so
-    they run with the default strategy. Once it lands this returns ``[]`` by itself and the recipes run on the
-    real strategy (one worker); then delete this helper and its callers.
-    """
-    if hasattr(lightning_async, "AsyncAdaptiveStrategy"):
-        return []
-    return ["--trainer.strategy=auto"]
 
 
 def recipe_cases() -> list[tuple[Path, Path]]:

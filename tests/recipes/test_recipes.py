@@ -6,7 +6,9 @@ import math
 from pathlib import Path
 
 import pytest
+from lightning.pytorch.strategies import DDPStrategy
 
+from lightning_async import AsyncAdaptiveStrategy
 from lightning_async.cli import build_cli
 from tests.recipes.conftest import (
     RECIPES,
@@ -14,7 +16,6 @@ from tests.recipes.conftest import (
     config_args,
     recipe_cases,
     single_process,
-    strategy_not_landed_override,
 )
 
 CASES = recipe_cases()
@@ -37,11 +38,10 @@ def test_every_recipe_file_is_a_case_and_every_model_has_every_variant():
 @pytest.mark.parametrize("case", CASES, ids=[_id(c) for c in CASES])
 def test_recipe_runs(case, tmp_path):
     base, delta = case
-    args = ["fit", *config_args(base, delta), *TINY[base.parent.name], *single_process(tmp_path)]
-    # DDP on one in-process device is fine; the async recipes need the strategy (see the helper's TODO).
-    if delta.name != "ddp.yaml":
-        args += strategy_not_landed_override()
-    cli = build_cli(args)
+    # The async recipes run on the real AsyncAdaptiveStrategy with one worker; ddp.yaml on one DDP process.
+    cli = build_cli(["fit", *config_args(base, delta), *TINY[base.parent.name], *single_process(tmp_path)])
     assert cli.trainer.state.finished
-    assert math.isfinite(float(cli.trainer.callback_metrics["train/loss_step"]))
+    expected = DDPStrategy if delta.name == "ddp.yaml" else AsyncAdaptiveStrategy
+    assert type(cli.trainer.strategy) is expected
+    assert math.isfinite(float(cli.trainer.callback_metrics["train/loss"]))
     assert "val/acc" in cli.trainer.callback_metrics
