@@ -14,7 +14,7 @@ import lightning_async
 from lightning_async.cli import build_cli, main
 from lightning_async.models import CNNClassifier, MLPClassifier
 from lightning_async.optim import AsyncAdaptive
-from tests.recipes.conftest import RECIPES, single_process
+from tests.recipes.helpers import RECIPES, single_process
 
 BASE = RECIPES / "digits_mlp" / "base.yaml"
 ADAGRAD = RECIPES / "digits_mlp" / "adagrad.yaml"

@@ -10,7 +10,7 @@ from lightning.pytorch.strategies import DDPStrategy
 
 from lightning_async import AsyncAdaptiveStrategy
 from lightning_async.cli import build_cli
-from tests.recipes.conftest import (
+from tests.recipes.helpers import (
     RECIPES,
     TINY,
     config_args,

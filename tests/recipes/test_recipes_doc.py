@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 
-from tests.recipes.conftest import REPO, recipe_cases
+from tests.recipes.helpers import REPO, recipe_cases
 
 _spec = importlib.util.spec_from_file_location("gen_recipes_doc", REPO / "scripts" / "gen_recipes_doc.py")
 gen_recipes_doc = importlib.util.module_from_spec(_spec)
