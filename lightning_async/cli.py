@@ -17,11 +17,12 @@ top-level ``optimizer:`` key, which spawn-based launchers silently lose (Lightni
 
 from __future__ import annotations
 
-import lightning_async  # noqa: F401, I001 (first: registers the strategy names such as "async_adaptive")
-import lightning_async.data  # noqa: F401 (makes the data modules known to --data by short name)
-import lightning_async.models  # noqa: F401 (makes the models known to --model by short name)
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+import lightning_async  # noqa: F401 (registers the strategy names such as "async_adaptive" before any parsing)
+import lightning_async.data  # noqa: F401 (makes the data modules known to --data by short name)
+import lightning_async.models  # noqa: F401 (makes the models known to --model by short name)
 
 DEFAULT_MODEL = "lightning_async.models.MLPClassifier"
 DEFAULT_DATA = "lightning_async.data.DigitsDataModule"

@@ -105,6 +105,10 @@ def _strategy(config: dict[str, Any]) -> str:
     return f"`{strategy}`"
 
 
+def _arguments(init_args: dict[str, Any], skip: str = "") -> str:
+    return ", ".join(f"{k}={v}" for k, v in init_args.items() if k != skip)
+
+
 def _extra_args(base_config: dict[str, Any]) -> str:
     """Arguments every command of a directory needs (the GPT's text file)."""
     data_args = base_config.get("data", {}).get("init_args", {})
@@ -131,8 +135,8 @@ def render() -> str:
             "",
             f"{_description(base)}. {_comments(base)[1]}",
             "",
-            f"- model: `{model}` ({', '.join(f'{k}={v}' for k, v in config['model']['init_args'].items() if k != 'optimizer')})",
-            f"- data: `{data}` ({', '.join(f'{k}={v}' for k, v in config['data']['init_args'].items())})",
+            f"- model: `{model}` ({_arguments(config['model']['init_args'], skip='optimizer')})",
+            f"- data: `{data}` ({_arguments(config['data']['init_args'])})",
             f"- trainer: {', '.join(f'{k}={v}' for k, v in trainer.items())}; strategy {_strategy(config)}",
             f"- base alone (Adam): `lightning-async fit --config recipes/{name}/base.yaml{extra}`",
             "",
@@ -144,7 +148,8 @@ def render() -> str:
                 continue
             delta_config = yaml.safe_load(delta.read_text()) or {}
             args = _optimizer_args(delta_config) or _optimizer_args(config)
-            command = f"`lightning-async fit --config recipes/{name}/base.yaml --config recipes/{name}/{delta.name}{extra}`"
+            configs = f"--config recipes/{name}/base.yaml --config recipes/{name}/{delta.name}"
+            command = f"`lightning-async fit {configs}{extra}`"
             if delta.name == "ddp.yaml":
                 row = [delta.name, _description(delta), "as base", "as base", "as base", "as base", command]
             else:

@@ -71,7 +71,9 @@ class ClassificationModule(pl.LightningModule):
         """Return the logits for a batch of inputs."""
         return self.net(x)
 
-    def _loss_and_logits(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _loss_and_logits(
+        self, batch: tuple[torch.Tensor, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         x, y = batch
         logits = self(x)
         flat_logits = logits.reshape(-1, logits.shape[-1])

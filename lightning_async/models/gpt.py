@@ -65,7 +65,9 @@ class Block(nn.Module):
 class GPTNetwork(nn.Module):
     """The transformer itself (no Lightning): ``(batch, time)`` token ids to ``(batch, time, vocab_size)`` logits."""
 
-    def __init__(self, vocab_size: int, block_size: int, n_layer: int, n_head: int, n_embd: int, dropout: float) -> None:
+    def __init__(
+        self, vocab_size: int, block_size: int, n_layer: int, n_head: int, n_embd: int, dropout: float
+    ) -> None:
         super().__init__()
         self.block_size = block_size
         self.tok_emb = nn.Embedding(vocab_size, n_embd)
