@@ -25,6 +25,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.overrides.distributed import _sync_module_states
 from lightning.pytorch.plugins.precision import Precision
 from lightning.pytorch.strategies import DDPStrategy
+from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
+from lightning.pytorch.trainer.connectors.signal_connector import _get_sigkill_signal
 from lightning.pytorch.trainer.states import RunningStage, TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
@@ -274,6 +276,9 @@ class AsyncAdaptiveStrategy(DDPStrategy):
             seed=seed,
             cursor=self.engine,
         )
+        # Lightning starts iterating (prefetch) before it calls set_epoch, and on resume it does not iterate again:
+        # start at the loop's epoch so a resumed run draws from the right epoch's cursor and permutation
+        batch_sampler.set_epoch(trainer.fit_loop.epoch_progress.current.processed)
         kwargs: dict[str, Any] = dict(
             batch_sampler=batch_sampler,
             num_workers=dataloader.num_workers,
@@ -357,6 +362,15 @@ class AsyncAdaptiveStrategy(DDPStrategy):
             self.engine.attach_state()
 
     # ------------------------------------------------------------------ teardown
+    @override
+    def on_exception(self, exception: BaseException) -> None:
+        # Lightning kills popen children only on KeyboardInterrupt; an asynchronous peer would otherwise keep
+        # training (or stay hung) after rank 0 failed. Nothing is left running.
+        launcher = self._launcher
+        if isinstance(launcher, _SubprocessScriptLauncher) and self.is_global_zero:
+            launcher.kill(_get_sigkill_signal())
+        super().on_exception(exception)
+
     @override
     def teardown(self) -> None:
         engine, self.engine = self.engine, None

@@ -483,6 +483,7 @@ class SharedMemoryEngine(Engine):
             engine_state = {
                 "version": int(self.ctrl[_H_RESERVED]),
                 "block_versions": self._view("block_versions").tolist(),
+                "batch_cursor": self.ctrl[_H_CURSOR : _H_CURSOR + 4].tolist(),
                 "counters": {name: int(self.counts[:, i].sum()) for i, name in enumerate(COUNTERS)},
                 "staleness_histogram": self.hist.sum(axis=0).tolist(),
                 "num_workers": self.num_workers,
@@ -502,6 +503,9 @@ class SharedMemoryEngine(Engine):
             blocks = engine.get("block_versions")
             if blocks is not None and len(blocks) == len(self.params):
                 self._view("block_versions")[:] = blocks
+            cursor = engine.get("batch_cursor")
+            if cursor is not None:  # an epoch saved at its end must not hand out its batches again on resume
+                self.ctrl[_H_CURSOR : _H_CURSOR + 4] = cursor
             self.counts[:] = 0
             self.hist[:] = 0
             for name, value in engine.get("counters", {}).items():
