@@ -106,8 +106,8 @@ class _Direction:
     order as torch's (e.g. Adam's ``-(lr / bias_correction1)``), which keeps the presets bit-exact.
     """
 
-    def __init__(self, num: list[Tensor], den: list[Tensor] | None, n: int, owned: bool) -> None:
-        self.num, self.den, self.owned = num, den, owned
+    def __init__(self, num: list[Tensor], den: list[Tensor] | None, n: int) -> None:
+        self.num, self.den = num, den
         self.mul = [1.0] * n
         self.div = [1.0] * n
 
@@ -142,9 +142,9 @@ def _add_scaled(dst: list[Tensor], num: list[Tensor], den: list[Tensor] | None, 
             t.add_(n, alpha=s)
 
 
-def _momentum(bufs: list[Tensor], v: list[Tensor], v_owned: bool, ks: list[float], spec: RuleSpec
-              ) -> tuple[list[Tensor], bool]:
-    """Update the buffers from ``v``; return the momentum direction and whether the caller may modify it."""
+def _momentum(bufs: list[Tensor], v: list[Tensor], v_owned: bool, ks: list[float], spec: RuleSpec) -> list[Tensor]:
+    """Update the buffers from ``v`` and return the momentum direction (the buffers themselves without Nesterov,
+    so callers must not modify it). ``v_owned``: ``v`` is a temporary the Nesterov direction may overwrite."""
     beta = spec.momentum
     if spec.momentum_form == "heavy_ball":
         # torch.optim.SGD initialises the buffer to the first direction (clone), then mul_/add_.
@@ -158,15 +158,15 @@ def _momentum(bufs: list[Tensor], v: list[Tensor], v_owned: bool, ks: list[float
                 else:
                     buf.mul_(beta).add_(vi, alpha=1 - spec.dampening)
         if not spec.nesterov:
-            return bufs, False
+            return bufs
         if v_owned:
             torch._foreach_add_(v, bufs, alpha=beta)
-            return v, True
-        return torch._foreach_add(v, bufs, alpha=beta), True
+            return v
+        return torch._foreach_add(v, bufs, alpha=beta)
     torch._foreach_lerp_(bufs, v, 1 - beta)
     if not spec.nesterov:
-        return bufs, False
-    return torch._foreach_lerp(v, bufs, beta), True  # torch.optim.Muon: grad.lerp(buf, momentum)
+        return bufs
+    return torch._foreach_lerp(v, bufs, beta)  # torch.optim.Muon: grad.lerp(buf, momentum)
 
 
 def _sqrt_plus(src: list[Tensor], varsigma: float, eps: float) -> list[Tensor]:
@@ -241,7 +241,7 @@ def _scale(params: list[Tensor], d: _Direction, g: list[Tensor], states: list[di
         d.num = [
             newton_schulz(x, spec, eps, ns_dtype_for(spec, p)) for x, p in zip(src, params)
         ]
-        d.den, d.owned = None, True
+        d.den = None
         d.mul = [m * muon_lr_ratio(spec.adjust_lr_fn, p.shape) for m, p in zip(d.mul, params)]
 
 
@@ -261,7 +261,7 @@ def _normalize(d: _Direction, states: list[dict[str, Tensor]], spec: RuleSpec, k
             else:
                 st["norm_estimate"].fill_(spec.norm_beta * st["norm_estimate"].item() + (1 - spec.norm_beta) * norm)
         divs.append(nu if nu > 0 else 1.0)
-    d.num, d.den, d.owned = u, None, True
+    d.num, d.den = u, None
     d.mul = [1.0] * len(u)
     d.div = divs
 
@@ -296,10 +296,9 @@ def _bucket_update(params: list[Tensor], grads: list[Tensor], states: list[dict[
     bufs = [st[key] for st in states] if spec.has_momentum_buffer else None
     if bufs is not None and spec.momentum_type == "raw":
         # The geometry still reads the raw gradient, so the Nesterov direction may reuse g's memory only for sgd.
-        num, owned = _momentum(bufs, g, g_owned and geometry == "sgd", ks, spec)
-        d = _Direction(num, None, n, owned)
+        d = _Direction(_momentum(bufs, g, g_owned and geometry == "sgd", ks, spec), None, n)
     else:
-        d = _Direction(g, None, n, g_owned)
+        d = _Direction(g, None, n)
 
     _scale(params, d, g, states, spec, geometry, ks)
 
@@ -308,12 +307,10 @@ def _bucket_update(params: list[Tensor], grads: list[Tensor], states: list[dict[
             # torch.optim.RMSprop: buf.mul_(momentum).addcdiv_(grad, avg); no copy of the direction needed.
             torch._foreach_mul_(bufs, spec.momentum)
             _add_scaled(bufs, d.num, d.den, d.scales([1 - spec.dampening] * n))
-            num, owned = bufs, False
-            if spec.nesterov:
-                num, owned = torch._foreach_add(d.materialize(), bufs, alpha=spec.momentum), True
+            num = torch._foreach_add(d.materialize(), bufs, alpha=spec.momentum) if spec.nesterov else bufs
         else:
-            num, owned = _momentum(bufs, d.materialize(), True, ks, spec)
-        d = _Direction(num, None, n, owned)
+            num = _momentum(bufs, d.materialize(), True, ks, spec)
+        d = _Direction(num, None, n)
 
     if spec.normalization != "none":
         _normalize(d, states, spec, ks)
