@@ -66,7 +66,8 @@ python -m lightning_async.cli fit --config ...     # the same command without th
   The GPT reads the text file you name with `--data.path=corpus.txt` (bytes, so any UTF-8 text);
   `--data.synthetic=true` generates English-like text.
 - **Tests:** `tests/recipes/test_recipes.py` runs every variant of every model through `lightning-async fit` with
-  `fast_dev_run`, one in-process device and tiny synthetic data (`pytest tests/recipes`).
+  two training and two validation batches (limits, not `fast_dev_run`, so that the recipe's own trainer
+  settings are checked), one in-process device and tiny synthetic data (`pytest tests/recipes`).
 """
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 RECIPES = REPO / "recipes"
 
-# Per model directory: overrides that shrink the data (and the two larger networks) so that one fast_dev_run
+# Per model directory: overrides that shrink the data (and the two larger networks) so that one training step
 # takes well under a second on 2 CPU cores. Generated data replaces the downloads and the user's text file.
 TINY: dict[str, list[str]] = {
     "digits_mlp": ["--data.batch_size=8"],
@@ -22,13 +22,23 @@ TINY: dict[str, list[str]] = {
 
 
 def single_process(tmp_path: Path) -> list[str]:
-    """One in-process device, one training and one validation batch, nothing written outside ``tmp_path``.
+    """One in-process device, two training and two validation batches, nothing written outside ``tmp_path``.
 
-    Multi-device runs must never start inside pytest: the popen launcher re-executes ``sys.argv`` (pytest).
+    Limits rather than ``fast_dev_run``: ``fast_dev_run`` also resets settings such as ``val_check_interval``
+    that the async strategy validates, so a recipe could pass here and fail for users. Multi-device runs must
+    never start inside pytest: the popen launcher re-executes ``sys.argv`` (pytest).
+
+    NOTE [limits of 1 are 100%]: jsonargparse 4.53 parses ``limit_*_batches: 1`` (type ``int | float | None``)
+    as the float ``1.0``, which Lightning reads as "100% of the batches"; 2 becomes 2.0, which Lightning reads as
+    two batches.
     """
     return [
         "--trainer.devices=1",
-        "--trainer.fast_dev_run=true",
+        "--trainer.max_epochs=1",
+        "--trainer.max_steps=-1",
+        "--trainer.limit_train_batches=2",  # see NOTE [limits of 1 are 100%]
+        "--trainer.limit_val_batches=2",
+        "--trainer.num_sanity_val_steps=0",
         "--trainer.logger=false",
         "--trainer.enable_checkpointing=false",
         "--trainer.enable_progress_bar=false",

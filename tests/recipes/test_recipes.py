@@ -1,4 +1,4 @@
-"""Every file under ``recipes/`` runs through the ``lightning-async`` CLI (fast_dev_run, one process)."""
+"""Every file under ``recipes/`` runs through the ``lightning-async`` CLI (2 train + 2 val batches, one process)."""
 
 from __future__ import annotations
 
@@ -41,6 +41,7 @@ def test_recipe_runs(case, tmp_path):
     # The async recipes run on the real AsyncAdaptiveStrategy with one worker; ddp.yaml on one DDP process.
     cli = build_cli(["fit", *config_args(base, delta), *TINY[base.parent.name], *single_process(tmp_path)])
     assert cli.trainer.state.finished
+    assert cli.trainer.global_step == 2  # the limits held (and the recipe did not stop early)
     expected = DDPStrategy if delta.name == "ddp.yaml" else AsyncAdaptiveStrategy
     assert type(cli.trainer.strategy) is expected
     assert math.isfinite(float(cli.trainer.callback_metrics["train/loss"]))
