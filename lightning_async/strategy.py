@@ -9,8 +9,12 @@ own update rule, measures their staleness and enforces ``max_staleness``.
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import shutil
+import subprocess
+import sys
+import threading
 import time
 from datetime import timedelta
 from functools import partial
@@ -367,8 +371,21 @@ class AsyncAdaptiveStrategy(DDPStrategy):
         # Lightning kills popen children only on KeyboardInterrupt; an asynchronous peer would otherwise keep
         # training (or stay hung) after rank 0 failed. Nothing is left running.
         launcher = self._launcher
-        if isinstance(launcher, _SubprocessScriptLauncher) and self.is_global_zero:
+        if isinstance(launcher, _SubprocessScriptLauncher) and self.is_global_zero and launcher.procs:
+            peers = f" Peers: {self.engine.describe_peers()}." if self.engine is not None else ""
+            print(
+                f"lightning_async: worker 0 stops the run: {type(exception).__name__}: {exception}.{peers}",
+                file=sys.stderr,
+            )
+            # Lightning's observer would SIGKILL this process too once it sees the killed peers, before the
+            # traceback is printed: retire it, the peers are being stopped here
+            for thread in threading.enumerate():
+                if thread.name == "child-process-observer" and hasattr(thread, "_child_processes"):
+                    thread._child_processes = []  # its next poll then sees nothing to watch and ends
             launcher.kill(_get_sigkill_signal())
+            for proc in launcher.procs:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=self.engine_timeout)
         super().on_exception(exception)
 
     @override

@@ -84,7 +84,8 @@ class FaultInjector(Callback):
     Faults:
         ``"nan"`` / ``"inf"``: the gradients of that step become non-finite (after backward, before the step).
         ``"crash"``: the process exits at once with exit code 1 (``os._exit``), as a killed worker would.
-        ``"hang"``: the process sleeps ``seconds`` (default one hour): a hung worker.
+        ``"hang"``: the process sleeps ``seconds`` (default one hour) between its gradient and its update: a hung
+        worker that holds a read.
         ``"raise"``: a ``RuntimeError`` is raised in the training loop.
         ``"delay"``: the step is delayed by ``seconds``.
 
@@ -118,11 +119,14 @@ class FaultInjector(Callback):
         if self.fault == "raise":
             self.fired += 1
             raise RuntimeError(f"FaultInjector: injected error on worker {trainer.global_rank} at step {self._step}")
-        if self.fault in ("hang", "delay"):
+        if self.fault == "delay":
             self.fired += 1
             time.sleep(self.seconds)
 
     def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer: Any) -> None:
+        if self.fault == "hang" and self._due(trainer):  # mid-step: after the read, before the update
+            self.fired += 1
+            time.sleep(self.seconds)
         if self.fault in ("nan", "inf") and self._due(trainer):
             value = float("nan") if self.fault == "nan" else float("inf")
             for p in pl_module.parameters():

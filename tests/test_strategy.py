@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -322,6 +323,14 @@ def test_a_hung_worker_ends_the_run_within_the_timeout_naming_it(tmp_path):
     assert result.returncode != 0
     assert "WorkerTimeoutError" in result.stderr and "worker 1 holds read version" in result.stderr
     assert time.monotonic() - start < 100
+    assert _no_process_left(tmp_path)
+
+
+def test_a_worker_that_stops_outside_a_step_is_named_when_a_collective_times_out(tmp_path):
+    fault = json.dumps({"fault": "delay", "ranks": 1, "steps": 5, "seconds": 600})  # before taking a read
+    result = _run_script(tmp_path, "--epochs", "1", "--fault", fault, "--timeout", "5")
+    assert result.returncode != 0
+    assert re.search(r"worker 0 stops the run: .*Peers: worker 1: running, last progress \d+\.\ds ago", result.stderr)
     assert _no_process_left(tmp_path)
 
 

@@ -379,6 +379,20 @@ class SharedMemoryEngine(Engine):
                     "Resume with Trainer.fit(..., ckpt_path='last')."
                 )
 
+    def describe_peers(self) -> str:
+        """One line per other worker: its status, when it last made progress, and the read it holds."""
+        names = {0: "not started", _RUNNING: "running", _FINISHED: "finished"}
+        now, reads, status = time.time(), self._view("reads"), self._view("status")
+        lines = []
+        for w in range(self.num_workers):
+            if w == self.worker:
+                continue
+            beat = self.timers[w, self._t["heartbeat"]]
+            seen = f"last progress {now - beat:.1f}s ago" if beat else "no progress yet"
+            read = f"holds read version {int(reads[w])}" if reads[w] != _IDLE else "holds no read"
+            lines.append(f"worker {w}: {names.get(int(status[w]), '?')}, {seen}, {read}")
+        return "; ".join(lines)
+
     def _blame(self) -> str:
         reads = self._view("reads")
         now = time.time()
