@@ -111,6 +111,7 @@ class SharedMemoryEngine(Engine):
         self.shared = [
             map_tensor(d / f"param{i}.bin", tuple(q.shape), q.dtype, create=create) for i, q in enumerate(self.params)
         ]
+        self._attached = [False] * n
         if create:
             with torch.no_grad():
                 for s, q in zip(self.shared, self.params):
@@ -118,7 +119,6 @@ class SharedMemoryEngine(Engine):
             if hasattr(optimizer, "init_state"):
                 optimizer.init_state()  # type: ignore[attr-defined]
                 self._export_state(range(n))
-        self._attached = [False] * n
         self._read: int | None = None
         self._pending: list[torch.Tensor | None] | None = None
         self._pending_count = 0

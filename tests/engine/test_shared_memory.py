@@ -190,3 +190,16 @@ def test_batch_cursor_hands_out_each_batch_once_per_epoch(directory):
     # a worker still in epoch 0 while another already started epoch 2 (same slot) gets nothing more
     assert e1.next_batch(4, 10) == 0
     assert e0.next_batch(2, 10) is None
+
+
+def test_eagerly_initialised_state_of_async_optimizers_is_shared_from_the_start(directory):
+    from lightning_async.optim import AsyncAdam
+
+    x = torch.randn(4, 3, dtype=torch.float64)
+    (e0, e1), (m0, m1) = _pair(directory, "accumulate", max_staleness=4, make_opt=lambda ps: AsyncAdam(ps, lr=0.1))
+    assert all(e0._attached) and all(e1._attached)  # created by init_state() at setup, no lazy path
+    assert _grad_step(e0, m0, x) == "applied"
+    assert _grad_step(e1, m1, x) == "applied"
+    p0, p1 = next(iter(m0.parameters())), next(iter(m1.parameters()))
+    assert int(e1.optimizer.state[p1]["step"]) == 2
+    assert torch.equal(e0.optimizer.state[p0]["exp_avg_sq"], e1.optimizer.state[p1]["exp_avg_sq"])
