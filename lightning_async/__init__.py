@@ -7,6 +7,7 @@ import (see ``lightning_async_autoload``).
 
 from lightning.pytorch.strategies import StrategyRegistry
 
+from lightning_async.callbacks import StalenessHistogram
 from lightning_async.engine.base import Telemetry
 from lightning_async.errors import AsyncTrainingError, NonFiniteGradientError, WorkerDiedError, WorkerTimeoutError
 from lightning_async.strategy import AsyncAdaptiveStrategy
@@ -17,6 +18,7 @@ AsyncAdaptiveStrategy.register_strategies(StrategyRegistry)
 
 __all__ = [
     "AsyncAdaptiveStrategy",
+    "StalenessHistogram",
     "AsyncTrainingError",
     "NonFiniteGradientError",
     "Telemetry",

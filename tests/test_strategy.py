@@ -337,3 +337,16 @@ def test_a_worker_that_stops_outside_a_step_is_named_when_a_collective_times_out
 def test_public_names():
     assert lightning_async.AsyncAdaptiveStrategy is AsyncAdaptiveStrategy
     assert issubclass(lightning_async.WorkerTimeoutError, TimeoutError)
+
+
+def test_telemetry_reaches_the_logger_and_the_histogram_png(tmp_path):
+    from lightning.pytorch.loggers import CSVLogger
+
+    callback = lightning_async.StalenessHistogram("plots/staleness.png")
+    model, trainer = _fit(
+        AsyncAdaptiveStrategy(), tmp_path, callbacks=[callback], logger=CSVLogger(tmp_path), log_every_n_steps=2
+    )
+    assert callback.written == tmp_path / "plots" / "staleness.png"
+    assert callback.written.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    metrics = (Path(trainer.logger.log_dir) / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert {"async/staleness_mean", "async/applied", "async/worker0/samples_per_s"} <= set(metrics)
