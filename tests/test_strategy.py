@@ -97,10 +97,16 @@ def _fit(strategy, tmp_path, model_kwargs=None, shuffle=True, **trainer_kwargs) 
 def _run_script(tmp_path: Path, *args: str, timeout: float = 150.0) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("LOCAL_RANK", None)
-    return subprocess.run(
-        [sys.executable, str(SCRIPT), "--out", str(tmp_path), *args],
-        capture_output=True, text=True, timeout=timeout, env=env, cwd=str(tmp_path),
-    )
+    for _ in range(3):
+        result = subprocess.run(
+            [sys.executable, str(SCRIPT), "--out", str(tmp_path), *args],
+            capture_output=True, text=True, timeout=timeout, env=env, cwd=str(tmp_path),
+        )
+        # Lightning picks MASTER_PORT by binding port 0 and releasing it; another process on the machine can take
+        # it before the store binds. That launch never started training: launch again on a new port.
+        if "address already in use" not in result.stderr.lower():
+            return result
+    return result
 
 
 def _reports(tmp_path: Path, workers: int = 2) -> list[dict]:

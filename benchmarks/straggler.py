@@ -1,0 +1,245 @@
+"""Straggler benchmark: DDP against ``async_adaptive`` with one of two workers slowed k times.
+
+Usage::
+
+    python benchmarks/straggler.py --out results/straggler.json --plot docs/figures/straggler.png
+
+For every k in ``--factors`` it trains the digits MLP (scikit-learn's bundled data, no download) with the same
+optimizer, data and epochs under DDP and under ``async_adaptive`` on 2 CPU workers, worker 1 slowed k times by
+:class:`lightning_async.testing.Slowdown`. It also measures one unslowed worker alone, whose throughput gives the
+ideal: an asynchronous run can at best reach the sum of its workers' standalone speeds, s * (1 + 1/k).
+
+Printed and written (all ratios come from runs in this one invocation, since absolute times are noise here):
+
+* time-to-target: wall time until the moving average of worker 0's training loss first reaches ``--target``;
+* samples/s over the whole fit, and the async/DDP ratios of both;
+* efficiency: async samples/s divided by the ideal;
+* peak resident memory per worker (max RSS) and the final validation accuracy of each run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve()
+
+
+# ---------------------------------------------------------------------------------------------------- worker side
+def _worker(args: argparse.Namespace) -> None:
+    import lightning as L
+    import torch
+    from lightning.pytorch import Callback
+
+    import lightning_async
+    from lightning_async.data import DigitsDataModule
+    from lightning_async.models import MLPClassifier
+    from lightning_async.testing import Slowdown
+
+    class Recorder(Callback):
+        def __init__(self) -> None:
+            self.series: list[tuple[float, float]] = []
+            self.start = 0.0
+            self.end = 0.0
+            self.batches = 0
+
+        def on_train_start(self, trainer, pl_module) -> None:
+            self.start = time.time()
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+            self.series.append((time.time() - self.start, float(loss)))
+            self.batches += 1
+
+        def on_train_end(self, trainer, pl_module) -> None:
+            self.end = time.time() - self.start
+
+    torch.manual_seed(0)
+    recorder = Recorder()
+    callbacks: list[Callback] = [recorder]
+    if args.factor > 1:
+        callbacks.append(Slowdown(ranks=1, factor=args.factor))
+    if args.strategy == "async":
+        strategy = lightning_async.AsyncAdaptiveStrategy(
+            max_staleness=args.max_staleness, bound_policy=args.bound_policy, print_summary=False
+        )
+    else:
+        strategy = "ddp"
+    trainer = L.Trainer(
+        accelerator="cpu", devices=args.devices, strategy=strategy, max_epochs=args.epochs, callbacks=callbacks,
+        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+    model = MLPClassifier(hidden_dims=[128, 128], optimizer=lambda p: torch.optim.Adam(p, lr=args.lr))
+    data = DigitsDataModule(batch_size=args.batch_size)
+    trainer.fit(model, data)
+    report = {
+        "rank": trainer.global_rank,
+        "series": recorder.series,
+        "train_seconds": recorder.end,
+        "batches": recorder.batches,
+        "samples": recorder.batches * args.batch_size,
+        "val_acc": float(trainer.callback_metrics.get("val/acc", float("nan"))),
+        "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+    telemetry = getattr(trainer.strategy, "telemetry", None)
+    if telemetry is not None:
+        report["staleness_mean"] = telemetry.staleness_mean
+        report["staleness_max"] = telemetry.staleness_max
+        report["counters"] = telemetry.counters
+    Path(args.report_dir, f"rank{trainer.global_rank}.json").write_text(json.dumps(report))
+
+
+# ---------------------------------------------------------------------------------------------------- driver side
+def _run(args: argparse.Namespace, strategy: str, factor: float, devices: int, tag: str) -> dict:
+    report_dir = Path(args.work_dir) / tag
+    report_dir.mkdir(parents=True, exist_ok=True)
+    for old in report_dir.glob("rank*.json"):
+        old.unlink()
+    cmd = [
+        sys.executable, str(HERE), "--worker", "--strategy", strategy, "--factor", str(factor),
+        "--devices", str(devices), "--epochs", str(args.epochs), "--lr", str(args.lr),
+        "--batch-size", str(args.batch_size), "--max-staleness", str(args.max_staleness),
+        "--bound-policy", args.bound_policy, "--report-dir", str(report_dir),
+    ]
+    env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE")}
+    wall = time.time()
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=args.run_timeout, env=env)
+    wall = time.time() - wall
+    if done.returncode != 0:
+        raise RuntimeError(f"{tag} failed ({done.returncode}):\n{done.stderr[-4000:]}")
+    ranks = [json.loads(p.read_text()) for p in sorted(report_dir.glob("rank*.json"))]
+    seconds = max(r["train_seconds"] for r in ranks)
+    samples = sum(r["samples"] for r in ranks)
+    return {
+        "strategy": strategy, "factor": factor, "devices": devices, "wall_seconds": wall,
+        "train_seconds": seconds, "samples": samples, "samples_per_s": samples / seconds,
+        "time_to_target": _time_to_target(ranks[0]["series"], args.target),
+        "val_acc": ranks[0]["val_acc"], "max_rss_mb": [r["max_rss_mb"] for r in ranks],
+        "staleness_mean": ranks[0].get("staleness_mean"), "staleness_max": ranks[0].get("staleness_max"),
+        "series": ranks[0]["series"],
+    }
+
+
+def _time_to_target(series: list[list[float]], target: float, beta: float = 0.9) -> float | None:
+    average = None
+    for t, loss in series:
+        average = loss if average is None else beta * average + (1 - beta) * loss
+        if average <= target:
+            return t
+    return None
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None or b == 0 else a / b
+
+
+def _plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    factors = results["factors"]
+    fig, axes = plt.subplots(1, len(factors), figsize=(4.2 * len(factors), 3.6), squeeze=False)
+    for ax, k in zip(axes[0], factors):
+        for name, color in (("ddp", "tab:red"), ("async", "tab:blue")):
+            run = results["runs"][f"{name}_k{k:g}"]
+            average, xs, ys = None, [], []
+            for t, loss in run["series"]:
+                average = loss if average is None else 0.9 * average + 0.1 * loss
+                xs.append(t)
+                ys.append(average)
+            ax.plot(xs, ys, color=color, label=f"{name} ({run['samples_per_s']:.0f} samples/s)")
+        ax.axhline(results["target"], color="black", linestyle="--", linewidth=0.8)
+        ax.set_title(f"worker 1 slowed x{k:g}")
+        ax.set_xlabel("seconds")
+        ax.set_ylabel("training loss (moving average)")
+        ax.set_yscale("log")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _driver(args: argparse.Namespace) -> None:
+    Path(args.work_dir).mkdir(parents=True, exist_ok=True)
+    results: dict = {"target": args.target, "factors": args.factors, "epochs": args.epochs, "runs": {}, "rows": []}
+    alone = _run(args, "async", 1.0, 1, "standalone")
+    results["runs"]["standalone"] = alone
+    speed = alone["samples_per_s"]
+    print(f"standalone worker: {speed:.0f} samples/s")
+    header = (
+        f"{'k':>3} {'DDP t->target':>14} {'async t->target':>16} {'time ratio':>10} {'DDP samp/s':>10} "
+        f"{'async samp/s':>12} {'thr ratio':>9} {'efficiency':>10} {'DDP acc':>8} {'async acc':>9} "
+        f"{'RSS MB ddp/async':>17}"
+    )
+    print(header)
+    for k in args.factors:
+        ddp = _run(args, "ddp", k, 2, f"ddp_k{k:g}")
+        asy = _run(args, "async", k, 2, f"async_k{k:g}")
+        results["runs"][f"ddp_k{k:g}"], results["runs"][f"async_k{k:g}"] = ddp, asy
+        ideal = speed * (1 + 1 / k)
+        row = {
+            "factor": k,
+            "ddp_time_to_target": ddp["time_to_target"], "async_time_to_target": asy["time_to_target"],
+            "time_ratio": _ratio(asy["time_to_target"], ddp["time_to_target"]),
+            "ddp_samples_per_s": ddp["samples_per_s"], "async_samples_per_s": asy["samples_per_s"],
+            "throughput_ratio": asy["samples_per_s"] / ddp["samples_per_s"],
+            "efficiency": asy["samples_per_s"] / ideal, "ideal_samples_per_s": ideal,
+            "ddp_val_acc": ddp["val_acc"], "async_val_acc": asy["val_acc"],
+            "ddp_max_rss_mb": max(ddp["max_rss_mb"]), "async_max_rss_mb": max(asy["max_rss_mb"]),
+            "async_staleness_mean": asy["staleness_mean"], "async_staleness_max": asy["staleness_max"],
+        }
+        results["rows"].append(row)
+
+        def fmt(x: float | None, spec: str) -> str:
+            return "never" if x is None else format(x, spec)
+
+        print(
+            f"{k:>3g} {fmt(row['ddp_time_to_target'], '.2f'):>14} {fmt(row['async_time_to_target'], '.2f'):>16} "
+            f"{fmt(row['time_ratio'], '.2f'):>10} {row['ddp_samples_per_s']:>10.0f} "
+            f"{row['async_samples_per_s']:>12.0f} {row['throughput_ratio']:>9.2f} {row['efficiency']:>10.2f} "
+            f"{row['ddp_val_acc']:>8.3f} {row['async_val_acc']:>9.3f} "
+            f"{row['ddp_max_rss_mb']:>8.0f}/{row['async_max_rss_mb']:<8.0f}",
+            flush=True,
+        )
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(results, indent=1))
+    if args.plot:
+        _plot(results, Path(args.plot))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--factors", type=float, nargs="+", default=[1.0, 2.0, 4.0], help="slowdowns k of worker 1")
+    parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--target", type=float, default=0.15, help="training-loss target (moving average)")
+    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--max-staleness", type=int, default=4)
+    parser.add_argument("--bound-policy", default="accumulate", choices=["accumulate", "wait", "drop"])
+    parser.add_argument("--out", default=None, help="write the results as JSON here")
+    parser.add_argument("--plot", default=None, help="write the loss-against-time figure (PNG) here")
+    parser.add_argument("--work-dir", default="results/straggler_runs")
+    parser.add_argument("--run-timeout", type=float, default=900.0)
+    # worker mode (used by the driver)
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--strategy", default="async", help=argparse.SUPPRESS)
+    parser.add_argument("--factor", type=float, default=1.0, help=argparse.SUPPRESS)
+    parser.add_argument("--devices", type=int, default=2, help=argparse.SUPPRESS)
+    parser.add_argument("--report-dir", default=".", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    _worker(args) if args.worker else _driver(args)
+
+
+if __name__ == "__main__":
+    main()
