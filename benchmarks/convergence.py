@@ -127,7 +127,7 @@ def _fmt(x: Any, spec: str = ".3g") -> str:
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    head = ("| variant | P | K | policy | t | min ||grad F||^2 | slope [T/100,T] | slope [T/10,T] | r growth | "
+    head = ("| variant | P | K | policy | t | min_s ‖grad F(X_s)‖² | slope [T/100,T] | slope [T/10,T] | r growth | "
             "bounded | max / mean staleness | rejected | wall s |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
@@ -250,7 +250,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out-dir", type=Path, default=ROOT / "docs" / "figures")
     p.add_argument("--doc", type=Path, default=ROOT / "docs" / "convergence.md")
+    p.add_argument("--replot", type=Path, default=None,
+                   help="redraw the figures and the doc table from a results JSON, without running")
     args = p.parse_args(argv)
+    if args.replot is not None:
+        saved = json.loads(args.replot.read_text())
+        _report(saved["runs"], args.out_dir, args.doc, saved["command"], saved["elapsed_s"])
+        return 0
     runs = plan(args.parts, args.steps)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     command = "python benchmarks/convergence.py " + " ".join(sys.argv[1:] if argv is None else argv)
@@ -269,18 +275,22 @@ def main(argv: list[str] | None = None) -> int:
     (args.out_dir / "convergence_results.json").write_text(json.dumps(
         {"command": command, "elapsed_s": elapsed, "speeds": SPEEDS, "problem": PROBLEM, "methods": METHODS,
          "runs": rows}, indent=1))
+    _report(rows, args.out_dir, args.doc, command, elapsed)
+    print(f"done in {elapsed / 60:.1f} min")
+    return 0
+
+
+def _report(rows: list[dict[str, Any]], out_dir: Path, doc: Path, command: str, elapsed: float) -> None:
     by = {p: [r for r in rows if r["part"] == p] for p in ("variants", "scaling", "policies")}
     if by["variants"]:
         plot_variants([r for r in by["variants"] if r["workers"] == 16 and r["max_staleness"] == 4],
-                      args.out_dir / "convergence_variants.png")
+                      out_dir / "convergence_variants.png")
     if by["scaling"]:
-        plot_scaling(by["scaling"], args.out_dir / "convergence_scaling.png")
-        plot_ratio(by["scaling"], args.out_dir / "convergence_ratio.png")
+        plot_scaling(by["scaling"], out_dir / "convergence_scaling.png")
+        plot_ratio(by["scaling"], out_dir / "convergence_ratio.png")
     if by["policies"]:
-        plot_policies(by["policies"], args.out_dir / "convergence_policies.png")
-    write_doc(args.doc, rows, command, elapsed)
-    print(f"done in {elapsed / 60:.1f} min")
-    return 0
+        plot_policies(by["policies"], out_dir / "convergence_policies.png")
+    write_doc(doc, rows, command, elapsed)
 
 
 if __name__ == "__main__":
