@@ -59,7 +59,7 @@ class Problem:
 
 def _sampler(x: torch.Tensor, y: torch.Tensor, batch_size: int) -> Callable[[torch.Generator], Any]:
     n = x.shape[0]
-    if not 1 <= batch_size:
+    if not batch_size >= 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size!r}.")
 
     def sample(generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
