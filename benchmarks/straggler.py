@@ -67,7 +67,9 @@ def _worker(args: argparse.Namespace) -> None:
         callbacks.append(Slowdown(ranks=1, factor=args.factor))
     if args.strategy == "async":
         strategy = lightning_async.AsyncAdaptiveStrategy(
-            max_staleness=args.max_staleness, bound_policy=args.bound_policy, print_summary=False
+            max_staleness=args.max_staleness,
+            bound_policy=args.bound_policy,
+            print_summary=bool(os.environ.get("STRAGGLER_SUMMARY")),
         )
     else:
         strategy = "ddp"
@@ -221,8 +223,8 @@ def _driver(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--factors", type=float, nargs="+", default=[1.0, 2.0, 4.0], help="slowdowns k of worker 1")
-    parser.add_argument("--epochs", type=int, default=15)
-    parser.add_argument("--target", type=float, default=0.15, help="training-loss target (moving average)")
+    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--target", type=float, default=0.02, help="training-loss target (moving average)")
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-staleness", type=int, default=4)

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import time
+from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
@@ -25,11 +27,14 @@ def _ranks(ranks: int | Sequence[int]) -> frozenset[int]:
     return frozenset(values)
 
 
+_WARMUP_STEPS = 3
+
+
 class Slowdown(Callback):
     """Makes the chosen workers ``factor`` times slower.
 
-    A worker's natural step time (one whole training iteration, without the injected delay) is tracked as a moving
-    average, and each step of a slowed worker sleeps ``(factor - 1)`` times that long between computing its
+    A worker's natural step time (one whole training iteration, without the injected delay) is tracked as the median
+    of its recent steps, and each step of a slowed worker sleeps ``(factor - 1)`` times that long between computing its
     gradient and the optimizer step, as a slower device would. Under DDP the sleep holds back every worker at the
     next all-reduce; under ``async_adaptive`` only the slowed worker.
 
@@ -51,6 +56,8 @@ class Slowdown(Callback):
         self.slept = 0.0
         self._start: float | None = None
         self._slept_this_step = 0.0
+        self._recent: deque[float] = deque(maxlen=32)
+        self._steps = 0
 
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
         self._start = time.perf_counter()
@@ -59,7 +66,8 @@ class Slowdown(Callback):
     def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer: Any) -> None:
         if trainer.global_rank not in self.ranks or self._start is None:
             return
-        natural = self.natural_step_seconds or (time.perf_counter() - self._start)
+        # not slowed until its natural speed is known (after the warm-up steps)
+        natural = self.natural_step_seconds or 0.0
         delay = (self.factor - 1.0) * natural + self.extra_seconds
         if delay > 0:
             time.sleep(delay)
@@ -69,9 +77,11 @@ class Slowdown(Callback):
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any) -> None:
         if self._start is None:
             return
-        natural = time.perf_counter() - self._start - self._slept_this_step
-        previous = self.natural_step_seconds
-        self.natural_step_seconds = natural if previous is None else 0.9 * previous + 0.1 * natural
+        self._steps += 1
+        if self._steps > _WARMUP_STEPS:  # the first iterations are mostly warm-up, not the worker's speed
+            self._recent.append(time.perf_counter() - self._start - self._slept_this_step)
+            # the median of recent steps: robust to scheduling hiccups
+            self.natural_step_seconds = statistics.median(self._recent)
         self._start = None
 
 
