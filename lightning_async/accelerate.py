@@ -111,10 +111,16 @@ class AsyncTraining:
         _validate_model(model)
         validate_max_staleness(max_staleness)
         validate_bound_policy(bound_policy)
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not (timeout > 0 and math.isfinite(timeout)):
+        if (
+            isinstance(timeout, bool)
+            or not isinstance(timeout, (int, float))
+            or not (timeout > 0 and math.isfinite(timeout))
+        ):
             raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}. For example timeout=300.")
-        if isinstance(max_consecutive_nonfinite, bool) or not isinstance(max_consecutive_nonfinite, int) or (
-            max_consecutive_nonfinite < 1
+        if (
+            isinstance(max_consecutive_nonfinite, bool)
+            or not isinstance(max_consecutive_nonfinite, int)
+            or (max_consecutive_nonfinite < 1)
         ):
             raise ValueError(
                 f"max_consecutive_nonfinite must be an integer >= 1, got {max_consecutive_nonfinite!r}. "
@@ -418,7 +424,7 @@ class AsyncTraining:
         if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
             raise ValueError(
                 "AsyncTraining.load_state_dict() expects a dict saved from AsyncTraining.state_dict() "
-                f"(format {STATE_FORMAT}), got {type(state).__name__} with format {getattr(state, 'get', dict().get)('format')!r}."
+                f"(format {STATE_FORMAT}), got {_describe_state(state)}."
             )
         saved_workers = state["engine"].get("num_workers")
         if saved_workers is not None and saved_workers != self.num_workers:
@@ -506,7 +512,9 @@ class AsyncTraining:
 
     def _require_engine(self, what: str) -> SharedMemoryEngine:
         if self.engine is None:
-            raise RuntimeError(f"AsyncTraining.{what} needs the engine: call AsyncTraining.prepare(optimizer, ...) first.")
+            raise RuntimeError(
+                f"AsyncTraining.{what} needs the engine: call AsyncTraining.prepare(optimizer, ...) first."
+            )
         if self._closed and what not in ("telemetry", "finish", "version"):
             raise RuntimeError(f"AsyncTraining.{what} was called after finish()/close(); the engine is released.")
         return self.engine
@@ -650,6 +658,12 @@ def _validate_dataloader(dataloader: DataLoader) -> None:
 
 
 # ---------------------------------------------------------------------- helpers
+def _describe_state(state: Any) -> str:
+    if isinstance(state, dict):
+        return f"a dict with format {state.get('format')!r} and keys {sorted(map(str, state))}"
+    return type(state).__name__
+
+
 def _exit_on_sigterm(signum: int, frame: Any) -> None:
     raise SystemExit(128 + signum)
 

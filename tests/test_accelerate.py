@@ -139,12 +139,11 @@ def test_checkpoint_is_weights_only_and_resume_is_exact(tmp_path: Path) -> None:
 def test_error_inside_the_block_removes_shared_memory() -> None:
     accelerator = Accelerator(cpu=True)
     model = _model()
-    with pytest.raises(ZeroDivisionError):
-        with AsyncTraining(accelerator, model) as training:
-            training.prepare(torch.optim.SGD(model.parameters(), lr=0.1))
-            directory = training.engine.directory
-            assert directory.is_dir()
-            1 / 0  # noqa: B018
+    with pytest.raises(ZeroDivisionError), AsyncTraining(accelerator, model) as training:
+        training.prepare(torch.optim.SGD(model.parameters(), lr=0.1))
+        directory = training.engine.directory
+        assert directory.is_dir()
+        1 / 0  # noqa: B018
     assert not directory.exists()
     assert not model._forward_pre_hooks  # the read hook is gone: the model is plain again
 
@@ -188,7 +187,11 @@ def test_bad_objects() -> None:
         ((), ValueError, ["exactly one optimizer", "got 0"]),
         ((model,), TypeError, ["got the model", "AsyncTraining\\(accelerator, model\\)"]),
         (("loader",), TypeError, ["accepts an optimizer", "str"]),
-        ((torch.optim.SGD(_model().parameters(), lr=0.1),), ValueError, ["not a parameter of the model", "model.parameters"]),
+        (
+            (torch.optim.SGD(_model().parameters(), lr=0.1),),
+            ValueError,
+            ["not a parameter of the model", "model.parameters"],
+        ),
         ((torch.optim.LBFGS(model.parameters()),), ValueError, ["LBFGS", "first-order"]),
         ((accelerator.prepare(torch.optim.SGD(model.parameters(), lr=0.1)),), TypeError, ["already prepared", "plain"]),
         (
@@ -307,3 +310,33 @@ def test_two_workers_failure_cleans_up(tmp_path: Path) -> None:
     for record in records:
         assert not pid_alive(record["pid"])
     assert not Path(records[0]["shm_directory"]).exists()
+
+
+@pytest.mark.timeout(180)
+def test_accelerator_save_state_and_load_state(tmp_path: Path) -> None:
+    """``accelerator.register_for_checkpointing(training)`` + ``save_state``/``load_state`` resume exactly."""
+    data = _data()
+    accelerator = Accelerator(cpu=True)
+
+    def run(epochs: int, load: bool = False):
+        model = _model()
+        optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+        with AsyncTraining(accelerator, model, max_staleness=0) as training:
+            accelerator.register_for_checkpointing(training)
+            opt, loader = training.prepare(optimizer, DataLoader(data, batch_size=8, shuffle=True))
+            if load:
+                accelerator.load_state(tmp_path / "state")
+            for epoch in range(epochs):
+                _train(accelerator, model, opt, loader, epochs=1)
+                if not load and epoch == 0:
+                    accelerator.save_state(tmp_path / "state")
+            telemetry = training.finish()
+        accelerator._custom_objects.clear()
+        accelerator._optimizers.clear()
+        return model, telemetry
+
+    straight, t1 = run(3)
+    resumed, t2 = run(2, load=True)
+    for p, q in zip(straight.parameters(), resumed.parameters()):
+        assert torch.equal(p, q)
+    assert t1.version == t2.version == 21
