@@ -257,13 +257,18 @@ def _records(directory: Path) -> list[dict]:
 
 
 @pytest.mark.timeout(180)
-def test_two_workers_recipe(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("optimizer", "accumulation"),
+    [("async_adam", 1), ("adam", 2)],  # torch Adam: its state is created lazily by the first step, under a lock
+)
+def test_two_workers_recipe(tmp_path: Path, optimizer: str, accumulation: int) -> None:
     """The recipe under torchrun: trains, each sample once per epoch, bound obeyed, clean exit."""
     epochs, k = 3, 2
     ckpt = tmp_path / "ckpt.pt"
     result = _torchrun(
         RECIPE,
         *("--epochs", str(epochs), "--max-staleness", str(k), "--slow-rank", "1", "--slow-seconds", "0.02"),
+        *("--optimizer", optimizer, "--gradient-accumulation-steps", str(accumulation)),
         *("--checkpoint", str(ckpt), "--record", str(tmp_path / "record")),
         timeout=150,
     )
