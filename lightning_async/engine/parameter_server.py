@@ -1,0 +1,1294 @@
+"""The ``parameter_server`` engine: any number of nodes, blocks owned by ranks, c10d point-to-point over gloo.
+
+Words as in the design (version, staleness, max_staleness, bound policy, block). Decisions, and why:
+
+**Ownership.** A block is a parameter tensor. Blocks go to the *owner ranks* (default: every rank) by greedy
+size balancing: largest tensor first, each to the owner with the fewest bytes so far (ties: lowest rank), so the
+apply work and the bytes each owner serves are balanced. The owners are configurable (``owner_ranks``): a rank
+that owns nothing is a pure worker, and only such a rank can die without stopping the run (the death of an owner
+loses authoritative state: the run stops with an error that names it, R6).
+
+**One authority per block (invariant 1).** An owner applies the updates for its blocks with the user's optimizer
+rule restricted to those blocks: a shallow copy of the user's optimizer object whose param groups hold the owner's
+private copies of its blocks (same class, same hyper-parameters, copied from the user's param groups before every
+step so LR schedulers keep working) and whose state holds only those blocks' state. The user's own optimizer
+object never steps and keeps no state.
+
+**Versions, staleness, admission.** Each owner is an independent authority over its *block group*: it keeps a
+version (updates applied to its blocks; every block version of the group moves with it), the reads in flight
+(a worker's read is registered when it pulls the group's parameters), and admits reads and applies with the same
+:class:`~lightning_async.engine.bound.StalenessBound` as the shared-memory engine. One *update* is therefore one
+worker's gradient for one owner's block group: with one owner this is exactly the shared-memory engine's update,
+with several each gradient makes one update per owner, checked and counted on its own ("versions per block,
+staleness per update"). Counters and the staleness histogram are summed over owners; ``samples`` is counted by
+the first owner only, so each sample counts once. ``version`` is the largest owner version this worker knows.
+
+Reads are taken in ascending owner order; before a worker blocks on an owner's read gate it releases the fresh
+reads it holds at higher owners (they are re-taken in order), so two workers can never each hold a read the other
+waits for (with ``max_staleness=0`` and several owners this cycle is otherwise reachable). Reads held for a
+deferred update (``"accumulate"``) cannot be released; with three or more workers, several owners and
+``"accumulate"``, a cycle through deferred reads is conceivable and would end in :class:`WorkerTimeoutError`
+after ``timeout`` (bounded, never silent).
+
+**Wire, channels and overlap.** No any-source receive: each (client, owner) pair has its own 2-rank gloo group
+(created once, in the same order on every rank), used in one direction, and the owner runs one server thread per
+remote client that receives that client's requests in order. Messages are raw tensors behind an int64 header
+(:mod:`lightning_async.engine.ps_wire`), nothing is pickled. A step costs one round trip per owner: the push of a
+gradient returns the owner's fresh parameters with a new read already registered (push-pull), and the pushes to
+all owners are posted at once and run concurrently, while the worker applies the blocks it owns itself in its own
+thread (no wire). Owners apply the other workers' updates in their server threads while their own worker keeps
+computing: that is where communication and application overlap compute. A worker's own next forward still waits
+for its push-pull round trip (its next gradient is computed on the parameters that include its last update; this
+keeps ``max_staleness=0`` exact).
+
+**Failures.** Every wait is bounded by ``Work.wait(timeout)``. A dead peer closes its pair's connection, which
+fails only that pair's channels (gloo pairs are per group): an owner notices a client's death at once, a client
+notices an owner's death at its next exchange. A hung client is noticed by its owners when it holds a read and
+sends nothing for ``hang_timeout`` (default ``2 * timeout``; it must exceed a step), or when a request waits
+``timeout`` on the read it holds. ``on_worker_failure="stop"``: the owner fails, every later request to it
+answers with an error naming the rank (:class:`WorkerDiedError` / :class:`WorkerTimeoutError`), so the whole run
+stops within about one step plus the timeout. ``"continue"``: the owner evicts the worker (its read is released,
+its in-flight update is counted in ``lost``, nothing else changes) and the others carry on. A hung or dead owner:
+clients raise :class:`WorkerDiedError` / :class:`WorkerTimeoutError` naming the owner rank and its blocks.
+
+**Checks.** Every update is checked by its owner before it touches state, and each rejection counted by reason:
+``rejected_duplicate`` (a ``seq`` not above the worker's last), ``rejected_schema`` (unknown or repeated block,
+dtype, shape, numel, payload bounds), ``rejected_version`` (base version not the read the worker holds, or above
+the owner's version), ``rejected_nonfinite``, ``rejected_stale`` (``"drop"``). ``applied + rejected == received``.
+
+**Network exposure.** This engine opens no listener of its own: it uses the process groups and the store made by
+``init_process_group``. Gloo binds its pair sockets to the address it resolves for ``MASTER_ADDR`` (Lightning's
+default ``127.0.0.1``), but c10d's TCPStore listens on all interfaces whatever the host (pytorch#173909): on a
+shared machine, launch with a ``file://`` init method or firewall the port; across nodes, set ``MASTER_ADDR`` and
+``GLOO_SOCKET_IFNAME`` to a private interface. See ``docs/multinode.md``.
+
+**GPU.** CUDA tensors are staged through (pinned) host memory and sent over gloo; the NCCL point-to-point path is
+not implemented and the GPU staging path is untested here (no GPU).
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime
+import json
+import math
+import os
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from lightning_async.engine import ps_wire as wire
+from lightning_async.engine.base import COUNTERS, Engine, Telemetry
+from lightning_async.engine.bound import StalenessBound, is_feasible
+from lightning_async.errors import AsyncTrainingError, NonFiniteGradientError, WorkerDiedError, WorkerTimeoutError
+
+#: counters kept by each owner, per worker
+OWNER_COUNTERS: tuple[str, ...] = (
+    "received", "applied", "rejected_stale", "rejected_nonfinite", "rejected_schema", "rejected_duplicate",
+    "rejected_version", "deferred", "samples", "lost",
+)
+REJECTIONS: tuple[str, ...] = tuple(c for c in OWNER_COUNTERS if c.startswith("rejected_"))
+#: values each worker reports with its requests (progress, for telemetry)
+_REPORTED = ("gradients", "wait_seconds", "busy_seconds", "started", "heartbeat")
+_UNBOUNDED_BINS = 64
+_RUNNING, _FINISHED, _EVICTED, _DEAD = 1, 2, 3, 4
+_STATUS = {0: "not started", _RUNNING: "running", _FINISHED: "finished", _EVICTED: "evicted", _DEAD: "dead"}
+_VERDICTS = ("applied", "deferred", "rejected_stale", "rejected_nonfinite", "rejected_schema", "rejected_duplicate",
+             "rejected_version")
+_V_CODE = {v: i + 1 for i, v in enumerate(_VERDICTS)}
+_CODE_V = {i + 1: v for i, v in enumerate(_VERDICTS)}
+_ERRORS = {cls.__name__: cls for cls in (WorkerDiedError, WorkerTimeoutError, NonFiniteGradientError,
+                                         AsyncTrainingError)}
+ON_WORKER_FAILURE = ("stop", "continue")
+_IDLE_TIMEOUT = 7 * 24 * 3600.0
+
+
+def assign_blocks(sizes: Sequence[int], owners: Sequence[int]) -> dict[int, list[int]]:
+    """Greedy size balancing: largest block first, to the owner with the fewest bytes so far (ties: lowest rank).
+
+    Returns ``{owner rank: sorted block indices}`` (every owner present, possibly with no block).
+    """
+    load = {o: 0 for o in owners}
+    owned: dict[int, list[int]] = {o: [] for o in owners}
+    for block in sorted(range(len(sizes)), key=lambda i: (-sizes[i], i)):
+        owner = min(owners, key=lambda o: (load[o], o))
+        owned[owner].append(block)
+        load[owner] += sizes[block]
+    return {o: sorted(b) for o, b in owned.items()}
+
+
+class _Authority:
+    """What one owner rank holds for its block group, shared by its server threads and its own worker."""
+
+    def __init__(self, engine: ParameterServerEngine, blocks: list[int]) -> None:
+        self.e = engine
+        self.blocks = blocks
+        self.cond = threading.Condition()
+        self.shadows = {b: torch.nn.Parameter(engine.params[b].detach().clone(), requires_grad=True) for b in blocks}
+        self.optimizer, self._group_of = _restricted_optimizer(engine.optimizer, engine.params, self.shadows)
+        self.version = 0
+        self.block_versions = {b: 0 for b in blocks}
+        self.reads: dict[int, int] = {}
+        self.last_seq: dict[int, int] = {}
+        p = engine.num_workers
+        self.counts = np.zeros((p, len(OWNER_COUNTERS)), dtype=np.int64)
+        self.hist = np.zeros((p, engine._bins), dtype=np.int64)
+        self.reported = np.zeros((p, len(_REPORTED)), dtype=np.float64)
+        self.status = [0] * p
+        self.last_seen = [time.time()] * p
+        self.failed: AsyncTrainingError | None = None
+        self._c = {n: i for i, n in enumerate(OWNER_COUNTERS)}
+
+    # -------------------------------------------------------------- bookkeeping
+    def count(self, w: int, name: str, delta: int = 1) -> None:
+        self.counts[w, self._c[name]] += delta
+
+    def touch(self, w: int, prelude: torch.Tensor | None = None) -> None:
+        self.last_seen[w] = time.time()
+        if self.status[w] == 0:
+            self.status[w] = _RUNNING
+        if prelude is not None:
+            self.reported[w] = [
+                float(prelude[wire.P_GRADIENTS]), prelude[wire.P_WAIT_US] / 1e6, prelude[wire.P_BUSY_US] / 1e6,
+                self.reported[w, 3] or time.time(), time.time(),
+            ]
+
+    def check(self, w: int) -> None:
+        """Raise the owner's failure, or the eviction of ``w`` (called under the lock)."""
+        if self.failed is not None:
+            raise self.failed
+        if self.status[w] in (_EVICTED, _DEAD):
+            raise WorkerTimeoutError(
+                f"worker {w} was evicted by owner rank {self.e.worker} (it was unresponsive for longer than the "
+                "timeout); its updates are no longer accepted."
+            )
+
+    def _blame(self, w: int) -> list[int]:
+        return sorted(v for v in self.reads if v != w)
+
+    def _describe(self, holders: list[int]) -> str:
+        now = time.time()
+        return "; ".join(
+            f"worker {h} holds read version {self.reads[h]} (last message {now - self.last_seen[h]:.1f}s ago)"
+            for h in holders if h in self.reads
+        ) or "no other worker holds a read"
+
+    def wait_for(self, w: int, predicate: Any, what: str) -> None:
+        """Under the lock: wait until ``predicate()``; on ``timeout``, fail or evict the silent read holders."""
+        start = time.monotonic()
+        deadline = start + self.e.timeout
+        while True:
+            self.check(w)
+            if predicate():
+                waited = time.monotonic() - start
+                if waited > 0 and w == self.e.worker:
+                    self.e._wait_seconds += waited
+                return
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                holders = self._blame(w)
+                message = (
+                    f"worker {w} waited {self.e.timeout:.1f}s at owner rank {self.e.worker} to {what}; "
+                    f"{self._describe(holders)}"
+                )
+                if self.e.on_worker_failure == "continue":
+                    silent = [h for h in holders if time.time() - self.last_seen[h] >= self.e.timeout]
+                    if silent:
+                        for h in silent:
+                            self._evict(h, _EVICTED)
+                        deadline = time.monotonic() + self.e.timeout
+                        continue
+                error = WorkerTimeoutError(
+                    message + ". Raise the timeout if the peers are just slow, or raise max_staleness."
+                )
+                if holders and self.e.on_worker_failure == "stop":
+                    self.failed = error
+                    self.cond.notify_all()
+                raise error
+            self.cond.wait(min(remaining, 0.5))
+
+    def _evict(self, w: int, status: int) -> None:
+        if self.status[w] in (_EVICTED, _DEAD, _FINISHED):
+            self.status[w] = max(self.status[w], status) if self.status[w] != _FINISHED else _FINISHED
+            return
+        self.status[w] = status
+        if self.reads.pop(w, None) is not None:
+            self.count(w, "lost")  # the update it was computing will never arrive
+        self.cond.notify_all()
+
+    def worker_failed(self, w: int, error: wire.ChannelError) -> None:
+        with self.cond:
+            if self.status[w] == _FINISHED:
+                return
+            if self.e.on_worker_failure == "continue":
+                self._evict(w, _EVICTED if error.timed_out else _DEAD)
+                return
+            if self.failed is None:
+                if error.timed_out:
+                    self.failed = WorkerTimeoutError(
+                        f"worker {w} held a read at owner rank {self.e.worker} and sent nothing for "
+                        f"{self.e.hang_timeout:.1f}s: it is hung; the run stops (on_worker_failure='stop'). "
+                        "Resume with Trainer.fit(..., ckpt_path='last')."
+                    )
+                else:
+                    self.failed = WorkerDiedError(
+                        f"worker {w} is no longer running (its connection to owner rank {self.e.worker} closed); "
+                        "the run stops (on_worker_failure='stop'). Resume with Trainer.fit(..., ckpt_path='last')."
+                    )
+            self.status[w] = _EVICTED if error.timed_out else _DEAD
+            self.cond.notify_all()
+
+    def bye(self, w: int) -> None:
+        with self.cond:
+            if self.status[w] not in (_EVICTED, _DEAD):
+                self.status[w] = _FINISHED
+            self.reads.pop(w, None)
+            self.cond.notify_all()
+
+    # -------------------------------------------------------------- reads
+    def params_out(self) -> list[tuple[int, int, torch.Tensor]]:
+        return [(b, self.block_versions[b], self.shadows[b].detach().clone()) for b in self.blocks]
+
+    def _may_read(self, w: int) -> bool:
+        others = [r for v, r in self.reads.items() if v != w]
+        return self.e.bound.may_read(self.version, others)
+
+    def read(self, w: int, mode: int) -> tuple[int, list[tuple[int, int, torch.Tensor]] | None]:
+        """Serve a READ: returns (version or -1 if no read was taken, parameters or None)."""
+        with self.cond:
+            self.check(w)
+            if mode in (wire.RELEASE, wire.RELEASE_REFRESH):
+                if self.reads.pop(w, None) is not None:
+                    self.cond.notify_all()
+                if mode == wire.RELEASE:
+                    return -1, None
+            if mode in (wire.REFRESH, wire.RELEASE_REFRESH):
+                return -1, self.params_out()
+            if w in self.reads:  # already holds one: hand back the same version's parameters cannot be done
+                raise AsyncTrainingError(f"worker {w} asked owner rank {self.e.worker} for a second read")
+            if mode == wire.READ_TRY:
+                if not self._may_read(w):
+                    return -1, None
+            else:
+                self.wait_for(w, lambda: self._may_read(w), "take a read")
+            self.reads[w] = self.version
+            return self.version, self.params_out()
+
+    # -------------------------------------------------------------- updates
+    def push(
+        self, w: int, seq: int, base: int, grads: list[tuple[int, Any]], samples: int, flags: int,
+        schema_error: str | None,
+    ) -> tuple[str, int, list[tuple[int, int, torch.Tensor]] | None]:
+        """Check and admit one update; returns (verdict, read version taken or -1, parameters or None)."""
+        with self.cond:
+            self.check(w)
+            if seq <= self.last_seq.get(w, 0):
+                return self._reject(w, "rejected_duplicate", release=False), -1, None
+            self.last_seq[w] = seq
+            if schema_error is not None:
+                return self._reject(w, "rejected_schema", release=True), -1, None
+            held = self.reads.get(w)
+            if held is None or held != base or base > self.version:
+                return self._reject(w, "rejected_version", release=held is not None and held != base), -1, None
+            if flags & wire.F_NONFINITE or not _all_finite([g for _, g in grads]):
+                return self._reject(w, "rejected_nonfinite", release=False), -1, None
+            others = lambda: [r for v, r in self.reads.items() if v != w]  # noqa: E731
+            policy = self.e.bound.policy
+            if policy == "wait" or (flags & wire.F_MUST_APPLY and policy == "accumulate"):
+                self.wait_for(w, lambda: self.e.bound.may_apply(self.version, base, others()), "apply an update")
+            elif not self.e.bound.may_apply(self.version, base, others()):
+                if policy == "accumulate":
+                    self.count(w, "deferred")
+                    return "deferred", -1, None
+                return self._reject(w, "rejected_stale", release=True), -1, None
+            staleness = self.version - base
+            self._apply(grads, staleness)
+            self.count(w, "received")
+            self.count(w, "applied")
+            if self.e.owner_ranks[0] == self.e.worker:
+                self.count(w, "samples", samples)
+            self.hist[w, min(staleness, self.e._bins - 1)] += 1
+            del self.reads[w]
+            self.cond.notify_all()
+            if flags & wire.F_WANT_READ and self._may_read(w):
+                self.reads[w] = self.version
+                return "applied", self.version, self.params_out()
+            return "applied", -1, None
+
+    def _reject(self, w: int, reason: str, *, release: bool) -> str:
+        self.count(w, "received")
+        self.count(w, reason)
+        if release and self.reads.pop(w, None) is not None:
+            self.cond.notify_all()
+        return reason
+
+    def _apply(self, grads: list[tuple[int, Any]], staleness: int) -> None:
+        user_groups = self.e.optimizer.param_groups
+        for gi, group in zip(self._group_of, self.optimizer.param_groups):
+            for key, value in user_groups[gi].items():
+                if key != "params":
+                    group[key] = value
+        with torch.no_grad():
+            for b, g in grads:
+                self.shadows[b].grad = g
+            try:
+                if _is_async_optimizer(self.optimizer):
+                    self.optimizer.step(staleness=staleness)  # type: ignore[call-arg]
+                else:
+                    self.optimizer.step()
+            finally:
+                for b in self.blocks:
+                    self.shadows[b].grad = None
+        self.version += 1
+        for b, _ in grads:
+            self.block_versions[b] += 1
+
+    # -------------------------------------------------------------- snapshot / load / telemetry
+    def snapshot(self) -> tuple[dict[str, Any], list[tuple[int, int, torch.Tensor]]]:
+        with self.cond:
+            tensors = self.params_out()
+            state_rows, scalars = [], []
+            for b in self.blocks:
+                for key, value in self.optimizer.state.get(self.shadows[b], {}).items():
+                    if isinstance(value, torch.Tensor):
+                        state_rows.append([b, str(key), len(tensors)])
+                        tensors.append((b, 0, value.detach().clone()))
+                    elif value is None or isinstance(value, (int, float, bool)):
+                        scalars.append([b, str(key), value])
+                    else:
+                        raise TypeError(
+                            f"{type(self.optimizer).__name__} keeps state {key!r} of type {type(value).__name__}; "
+                            "the parameter_server engine checkpoints tensors and numbers only."
+                        )
+            meta = {
+                "rank": self.e.worker,
+                "blocks": self.blocks,
+                "version": self.version,
+                "block_versions": [self.block_versions[b] for b in self.blocks],
+                "counts": self.counts.tolist(),
+                "hist": self.hist.tolist(),
+                "reported": self.reported.tolist(),
+                "state": state_rows,
+                "scalars": scalars,
+            }
+            return meta, tensors
+
+    def load(self, meta: dict[str, Any]) -> None:
+        with self.cond:
+            self.version = int(meta["version"])
+            for b, v in zip(self.blocks, meta["block_versions"]):
+                self.block_versions[b] = int(v)
+            self.counts[:] = 0
+            self.hist[:] = 0
+            counts = np.asarray(meta.get("counts", []), dtype=np.int64)
+            if counts.size and counts.shape == self.counts.shape:
+                self.counts[:] = counts
+            hist = meta.get("hist", [])
+            for w, row in enumerate(hist[: self.hist.shape[0]]):
+                n = min(len(row), self.hist.shape[1])
+                self.hist[w, :n] = row[:n]
+            self.reads.clear()
+
+    def telemetry(self) -> dict[str, Any]:
+        with self.cond:
+            return {
+                "rank": self.e.worker,
+                "version": self.version,
+                "counts": self.counts.tolist(),
+                "hist": self.hist.tolist(),
+                "reported": self.reported.tolist(),
+                "status": list(self.status),
+                "last_seen": list(self.last_seen),
+                "reads": {str(k): v for k, v in self.reads.items()},
+            }
+
+    def adopt(self, engine: ParameterServerEngine) -> None:
+        """Take this owner's blocks' parameters and optimizer state from the worker's (just loaded) objects."""
+        with self.cond, torch.no_grad():
+            self.optimizer.state.clear()
+            for b in self.blocks:
+                local = engine.params[b]
+                self.shadows[b].copy_(local.detach())
+                state = engine.optimizer.state.get(local)
+                if state:
+                    self.optimizer.state[self.shadows[b]] = {
+                        k: (v.detach().clone() if isinstance(v, torch.Tensor) else copy.deepcopy(v))
+                        for k, v in state.items()
+                    }
+
+
+class ParameterServerEngine(Engine):
+    """Authoritative parameters and optimizer state split in blocks over owner ranks; workers push and pull.
+
+    Construct it on every rank at the same point (it creates process groups collectively), after
+    ``init_process_group`` (gloo, or any backend: the engine makes its own gloo groups). With one worker no
+    process group is needed.
+
+    Args:
+        worker: this rank (``dist.get_rank()``).
+        num_workers: the world size.
+        params: the worker's parameters (the model's ``nn.Parameter`` objects), in the same order on every rank.
+        optimizer: the user's optimizer over ``params``; its rule (class, hyper-parameters, LR schedule) runs on
+            the owners, restricted to their blocks. It must keep tensor or number state only.
+        max_staleness: the bound K (``None``: unbounded).
+        bound_policy: ``"accumulate"``, ``"wait"`` or ``"drop"``.
+        timeout: seconds any single wait may last (admission waits at an owner; a reply takes at most
+            ``2 * timeout + 1``).
+        max_consecutive_nonfinite: raise :class:`NonFiniteGradientError` after this many non-finite gradients
+            in a row from this worker.
+        on_worker_failure: ``"stop"`` (a dead or hung worker stops the run with an error naming it) or
+            ``"continue"`` (its in-flight update is counted as lost and the others carry on). The failure of an
+            owner rank always stops the run.
+        owner_ranks: the ranks that own blocks (default: all). Only a rank outside it can fail under
+            ``"continue"``.
+        hang_timeout: seconds a worker holding a read may stay silent before its owners call it hung
+            (default ``2 * timeout``). It must exceed the longest step.
+        namespace: prefix of this engine's keys in the default store (make it unique per engine and attempt).
+        store: the store for the batch cursor and finish marks (default: the default process group's store).
+    """
+
+    def __init__(
+        self,
+        worker: int,
+        num_workers: int,
+        params: Sequence[torch.nn.Parameter],
+        optimizer: torch.optim.Optimizer,
+        *,
+        max_staleness: int | None,
+        bound_policy: str,
+        timeout: float,
+        max_consecutive_nonfinite: int = 5,
+        on_worker_failure: str = "stop",
+        owner_ranks: Sequence[int] | None = None,
+        hang_timeout: float | None = None,
+        namespace: str = "lightning_async/ps",
+        store: Any | None = None,
+    ) -> None:
+        if on_worker_failure not in ON_WORKER_FAILURE:
+            raise ValueError(f"on_worker_failure must be one of {ON_WORKER_FAILURE}, got {on_worker_failure!r}.")
+        if not (isinstance(timeout, (int, float)) and timeout > 0):
+            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}.")
+        if not (isinstance(max_consecutive_nonfinite, int) and max_consecutive_nonfinite >= 1):
+            raise ValueError(f"max_consecutive_nonfinite must be an int >= 1, got {max_consecutive_nonfinite!r}.")
+        owners = sorted(set(range(num_workers) if owner_ranks is None else owner_ranks))
+        if not owners or any(not (0 <= o < num_workers) for o in owners):
+            raise ValueError(f"owner_ranks must be a non-empty subset of range({num_workers}), got {owner_ranks!r}.")
+        self.hang_timeout = float(hang_timeout) if hang_timeout is not None else 2.0 * timeout
+        if self.hang_timeout < timeout:
+            raise ValueError(f"hang_timeout ({hang_timeout}) must be at least timeout ({timeout}).")
+        self.worker = worker
+        self.num_workers = num_workers
+        self.params = list(params)
+        self.optimizer = optimizer
+        self.bound = StalenessBound(max_staleness, bound_policy)
+        self.timeout = float(timeout)
+        self.reply_timeout = 2.0 * self.timeout + 1.0
+        self.max_consecutive_nonfinite = max_consecutive_nonfinite
+        self.on_worker_failure = on_worker_failure
+        self.owner_ranks = owners
+        self._bins = (max_staleness if max_staleness is not None else _UNBOUNDED_BINS) + 2
+        if any(p.is_cuda for p in self.params) and not torch.cuda.is_available():  # pragma: no cover
+            raise ValueError("CUDA parameters without CUDA")
+        sizes = [p.numel() * p.element_size() for p in self.params]
+        self.ownership = assign_blocks(sizes, owners)
+        self.owner_of = {b: o for o, bs in self.ownership.items() for b in bs}
+        self._max_payload = 2 * sum(_padded(s) for s in sizes) + (1 << 20)
+        distributed = num_workers > 1
+        if distributed and not (dist.is_available() and dist.is_initialized()):
+            raise RuntimeError("ParameterServerEngine with num_workers > 1 needs torch.distributed initialized first.")
+        if distributed and dist.get_rank() != worker:
+            raise ValueError(f"worker={worker} but dist.get_rank()={dist.get_rank()}.")
+        # ---- store (batch cursor, finish marks, schema check)
+        if store is None and distributed:
+            store = dist.distributed_c10d._get_default_store()
+        self._store = dist.PrefixStore(namespace.rstrip("/") + "/", store) if store is not None else None
+        self._local_cursor: dict[int, int] = {}
+        self._cursor_epochs: set[int] = set()
+        if self._store is not None:
+            self._check_schema()
+        # ---- channels: one 2-rank group per (client, owner) pair, created in the same order everywhere
+        self._client: dict[int, wire.Channel] = {}  # owner -> channel (this rank as client)
+        self._server: dict[int, wire.Channel] = {}  # client -> channel (this rank as owner)
+        if distributed:
+            group_timeout = datetime.timedelta(seconds=_IDLE_TIMEOUT)  # every wait passes its own bound
+            for c in range(num_workers):
+                for o in owners:
+                    if c == o:
+                        continue
+                    group = dist.new_group([c, o], backend="gloo", timeout=group_timeout)
+                    if worker == c:
+                        self._client[o] = wire.Channel(group, o, self._max_payload)
+                    elif worker == o:
+                        self._server[c] = wire.Channel(group, c, self._max_payload)
+        self.authority = _Authority(self, self.ownership[worker]) if worker in owners else None
+        # ---- worker-side state, per owner
+        self._seq = 0
+        self._reads: dict[int, int | None] = {o: None for o in owners}
+        self._pending: dict[int, list[torch.Tensor | None] | None] = {o: None for o in owners}
+        self._pending_count = {o: 0 for o in owners}
+        self._pending_samples = {o: 0 for o in owners}
+        self._owner_versions = {o: 0 for o in owners}
+        self._nonfinite_streak = 0
+        self._local_step = 0
+        self._gradients = 0
+        self._wait_seconds = 0.0
+        self._busy_seconds = 0.0
+        self._started = 0.0
+        self._finished = False
+        self._closed = False
+        self._last_push: dict[int, list[torch.Tensor]] = {}
+        self._threads: list[threading.Thread] = []
+        for c, channel in self._server.items():
+            thread = threading.Thread(target=self._serve, args=(c, channel), name=f"lasync-ps-serve-{c}",
+                                      daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def _check_schema(self) -> None:
+        """Every rank must hold the same parameter shapes and dtypes (a mismatch is named at construction)."""
+        assert self._store is not None
+        mine = [[list(p.shape), str(p.dtype)] for p in self.params]
+        self._store.set(f"schema/{self.worker}", json.dumps(mine))
+        if self.worker == 0:
+            return
+        try:
+            self._store.wait(["schema/0"], datetime.timedelta(seconds=self.timeout))
+        except RuntimeError as e:
+            raise WorkerTimeoutError(f"worker {self.worker} waited {self.timeout}s for rank 0's parameter "
+                                     f"schema: {e}") from e
+        theirs = json.loads(self._store.get("schema/0").decode())
+        if len(theirs) != len(mine):
+            raise RuntimeError(f"rank 0 has {len(theirs)} parameters, rank {self.worker} has {len(mine)}: every "
+                               "worker must build the same model.")
+        for i, (a, b) in enumerate(zip(theirs, mine)):
+            if a != b:
+                raise RuntimeError(f"parameter {i} differs: rank 0 has shape {a[0]} {a[1]}, rank {self.worker} "
+                                   f"has shape {b[0]} {b[1]}: every worker must build the same model.")
+
+    # ================================================================== server side
+    def _serve(self, c: int, channel: wire.Channel) -> None:
+        auth = self.authority
+        assert auth is not None
+        while True:
+            with auth.cond:
+                holds = c in auth.reads
+            try:
+                message = channel.receive(self.hang_timeout if holds else _IDLE_TIMEOUT)
+            except wire.ChannelError as e:
+                auth.worker_failed(c, e)
+                return
+            kind = message[wire.P_KIND]
+            with auth.cond:
+                auth.touch(c, message.prelude if kind in (wire.READ, wire.PUSH) else None)
+            if message[wire.P_WORKER] != c:
+                reply = _error_reply(AsyncTrainingError(f"message on worker {c}'s channel claims worker "
+                                                        f"{message[wire.P_WORKER]}"))
+            else:
+                try:
+                    reply = self._handle(c, kind, message)
+                except AsyncTrainingError as e:
+                    reply = _error_reply(e)
+                except (ValueError, TypeError, KeyError, IndexError) as e:  # a malformed control message
+                    reply = _error_reply(AsyncTrainingError(f"bad request from worker {c}: {e}"))
+            try:
+                channel.send(reply, self.reply_timeout)
+            except wire.ChannelError as e:
+                auth.worker_failed(c, e)
+                return
+            if kind == wire.BYE:
+                return
+
+    def _handle(self, c: int, kind: int, m: wire.Message) -> list[torch.Tensor]:
+        auth = self.authority
+        assert auth is not None
+        if kind == wire.READ:
+            version, blocks = auth.read(c, m[wire.P_FLAGS])
+            return wire.pack(wire.RESPONSE, self.worker, m[wire.P_SEQ], blocks=blocks or (),
+                             ints={wire.P_VERSION: auth.version, wire.P_EXTRA: version})
+        if kind == wire.PUSH:
+            grads, schema_error = self._decode_push(m)
+            verdict, version, blocks = auth.push(
+                c, m[wire.P_SEQ], m[wire.P_VERSION], grads, m[wire.P_SAMPLES], m[wire.P_FLAGS], schema_error
+            )
+            return wire.pack(wire.RESPONSE, self.worker, m[wire.P_SEQ], blocks=blocks or (),
+                             ints={wire.P_VERSION: auth.version, wire.P_EXTRA: version,
+                                   wire.P_FLAGS: _V_CODE[verdict]})
+        if kind == wire.BYE:
+            auth.bye(c)
+            return wire.pack(wire.RESPONSE, self.worker, m[wire.P_SEQ])
+        if kind == wire.SNAPSHOT:
+            meta, tensors = auth.snapshot()
+            return wire.pack(wire.RESPONSE, self.worker, m[wire.P_SEQ], blocks=tensors, meta=meta)
+        if kind == wire.LOAD:
+            auth.load(m.meta)
+            return wire.pack(wire.RESPONSE, self.worker, m[wire.P_SEQ], ints={wire.P_VERSION: auth.version})
+        if kind == wire.TELEMETRY:
+            return wire.pack(wire.RESPONSE, self.worker, m[wire.P_SEQ], meta=auth.telemetry())
+        raise AsyncTrainingError(f"unknown request kind {kind}")
+
+    def _decode_push(self, m: wire.Message) -> tuple[list[tuple[int, torch.Tensor]], str | None]:
+        """Decode a PUSH's gradient blocks, or say why its schema is wrong (nothing is applied then)."""
+        auth = self.authority
+        assert auth is not None
+        grads, seen = [], set()
+        for i in range(m.rows.shape[0]):
+            row = m.rows[i]
+            block = int(row[wire.R_BLOCK])
+            if block not in auth.shadows:
+                return [], f"block {block} is not owned by rank {self.worker}"
+            if block in seen:
+                return [], f"block {block} appears twice"
+            seen.add(block)
+            if int(row[wire.R_VERSION]) != m[wire.P_VERSION]:
+                return [], f"block {block} carries base version {int(row[wire.R_VERSION])}, the update {m[wire.P_VERSION]}"
+            reason = wire.row_matches(row, auth.shadows[block])
+            if reason is not None:
+                return [], f"block {block}: {reason}"
+            if not wire.payload_fits(m, i):
+                return [], f"block {block}: payload out of bounds"
+            grads.append((block, wire.decode_block(m, i, auth.shadows[block])))
+        return grads, None
+
+    # ================================================================== client side
+    def _request(self, owner: int, kind: int, **pack_kwargs: Any) -> list[torch.Tensor]:
+        self._seq += 1 if kind == wire.PUSH else 0
+        ints = dict(pack_kwargs.pop("ints", {}))
+        ints.update({wire.P_GRADIENTS: self._gradients, wire.P_WAIT_US: int(self._wait_seconds * 1e6),
+                     wire.P_BUSY_US: int(self._busy_seconds * 1e6)})
+        return wire.pack(kind, self.worker, self._seq, ints=ints, **pack_kwargs)
+
+    def _exchange(self, requests: dict[int, list[torch.Tensor]], local: Any = None) -> dict[int, wire.Message]:
+        """Send ``requests`` (owner -> packed message) to remote owners at once, run ``local()`` meanwhile,
+        and collect the replies. Raises the error an owner replied with, or one naming a dead/hung owner."""
+        posted = {}
+        for owner, parts in requests.items():
+            channel = self._client[owner]
+            try:
+                works = channel.post(parts)
+                posted[owner] = (parts, works, channel.post_prelude())
+            except wire.ChannelError as e:
+                raise self._owner_error(owner, e) from e
+        if local is not None:
+            local()
+        replies = {}
+        for owner, (parts, works, prelude) in posted.items():
+            channel = self._client[owner]
+            try:
+                channel.complete(works, self.reply_timeout)
+                replies[owner] = channel.receive(self.reply_timeout, prelude)
+            except wire.ChannelError as e:
+                raise self._owner_error(owner, e) from e
+            if parts[0][wire.P_KIND] == wire.PUSH:
+                self._last_push[owner] = parts
+        for owner, reply in replies.items():
+            if reply[wire.P_STATUS] != wire.OK:
+                cls = _ERRORS.get(str(reply.meta.get("error")), AsyncTrainingError)
+                raise cls(f"{reply.meta.get('message', 'error')} (reported by owner rank {owner} to worker "
+                          f"{self.worker})")
+            self._owner_versions[owner] = max(self._owner_versions[owner], reply[wire.P_VERSION])
+        return replies
+
+    def _owner_error(self, owner: int, e: wire.ChannelError) -> AsyncTrainingError:
+        blocks = self.ownership[owner]
+        what = f"owner rank {owner} (blocks {blocks[:8]}{'...' if len(blocks) > 8 else ''})"
+        if e.timed_out:
+            return WorkerTimeoutError(
+                f"{what} did not answer worker {self.worker} within {self.reply_timeout:.1f}s: it is hung or "
+                "overloaded; the run stops (owners hold authoritative state). Resume with "
+                "Trainer.fit(..., ckpt_path='last')."
+            )
+        return WorkerDiedError(
+            f"{what} is no longer reachable from worker {self.worker} ({e}); the run stops, because the state "
+            "it owned is lost. Resume with Trainer.fit(..., ckpt_path='last')."
+        )
+
+    def _local_failed(self) -> None:
+        auth = self.authority
+        if auth is not None and auth.failed is not None:
+            raise auth.failed
+
+    def _copy_in(self, local_params: Sequence[torch.Tensor], blocks: Any) -> None:
+        with torch.no_grad():
+            for b, _, t in blocks:
+                local_params[b].copy_(t)
+
+    def _copy_reply(self, local_params: Sequence[torch.Tensor], reply: wire.Message, owner: int) -> None:
+        with torch.no_grad():
+            for i in range(reply.rows.shape[0]):
+                b = int(reply.rows[i, wire.R_BLOCK])
+                if self.owner_of.get(b) != owner or wire.row_matches(reply.rows[i], self.params[b]) is not None \
+                        or not wire.payload_fits(reply, i):
+                    raise AsyncTrainingError(f"owner rank {owner} sent a malformed parameter block {b}")
+                local_params[b].copy_(wire.decode_block(reply, i, self.params[b]))
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        """Mark this worker running (called once training starts in this process)."""
+        self._local_failed()
+        if not self._started:
+            self._started = time.time()
+        if self.authority is not None:
+            with self.authority.cond:
+                self.authority.touch(self.worker)
+                self.authority.reported[self.worker, 3] = self._started
+
+    @property
+    def version(self) -> int:
+        if self.authority is not None:
+            self._owner_versions[self.worker] = self.authority.version
+        return max(self._owner_versions.values())
+
+    # ------------------------------------------------------------------ reads
+    def begin_step(self, local_params: Sequence[torch.Tensor]) -> None:
+        self._local_failed()
+        missing = [o for o in self.owner_ranks if self._reads[o] is None]
+        if not missing:
+            return  # holding reads everywhere: keep computing on the same parameters
+        start = time.perf_counter()
+        # ordered acquisition: release fresh reads above the first missing owner, then read in ascending order
+        first = missing[0]
+        release = [o for o in self.owner_ranks if o > first and self._reads[o] is not None and self._pending[o] is None]
+        if release:
+            self._read_many(local_params, release, wire.RELEASE)
+        for o in self.owner_ranks:
+            if o >= first and self._reads[o] is None:
+                self._read_many(local_params, [o], wire.READ_WAIT)
+        self._busy_seconds += time.perf_counter() - start
+
+    def _read_many(self, local_params: Sequence[torch.Tensor], owners: list[int], mode: int) -> None:
+        result: dict[int, tuple[int, Any]] = {}
+
+        def local() -> None:
+            if self.worker in owners:
+                assert self.authority is not None
+                result[self.worker] = self.authority.read(self.worker, mode)
+
+        requests = {o: self._request(o, wire.READ, ints={wire.P_FLAGS: mode}) for o in owners if o != self.worker}
+        replies = self._exchange(requests, local)
+        for o in owners:
+            if o == self.worker:
+                version, blocks = result[o]
+                if blocks is not None:
+                    self._copy_in(local_params, blocks)
+            else:
+                version = replies[o][wire.P_EXTRA]
+                self._copy_reply(local_params, replies[o], o)
+            if mode in (wire.READ_WAIT, wire.READ_TRY):
+                self._reads[o] = version if version >= 0 else None
+            elif mode in (wire.RELEASE, wire.RELEASE_REFRESH):
+                self._reads[o] = None
+
+    # ------------------------------------------------------------------ updates
+    def submit(self, local_params: Sequence[torch.Tensor], samples: int) -> str:
+        self._local_failed()
+        start = time.perf_counter()
+        self._local_step += 1
+        self._gradients += 1
+        grads = [q.grad for q in local_params]
+        finite = _all_finite(grads)
+        verdicts = self._push_all(local_params, grads, samples, finite=finite, must_apply=False)
+        if not finite or "rejected_nonfinite" in verdicts.values():
+            self._nonfinite_streak += 1
+            if self._nonfinite_streak >= self.max_consecutive_nonfinite:
+                raise NonFiniteGradientError(
+                    f"worker {self.worker} produced non-finite gradients {self._nonfinite_streak} times in a row "
+                    f"(last at its step {self._local_step}); none reached the optimizer state. Lower the learning "
+                    "rate, clip gradients (Trainer(gradient_clip_val=...)), or check the data, or raise "
+                    "max_consecutive_nonfinite."
+                )
+        else:
+            self._nonfinite_streak = 0
+        self._busy_seconds += time.perf_counter() - start
+        values = set(verdicts.values())
+        if len(values) == 1:
+            return values.pop()
+        for verdict in ("rejected_nonfinite", "applied", "deferred", "rejected_stale"):
+            if verdict in values:
+                return verdict
+        return sorted(values)[0]
+
+    def _push_all(
+        self, local_params: Sequence[torch.Tensor], grads: list[torch.Tensor | None] | None, samples: int, *,
+        finite: bool, must_apply: bool, owners: Sequence[int] | None = None,
+    ) -> dict[int, str]:
+        """Offer this worker's update to every owner (or ``owners``): pushes run concurrently, the local owner's
+        part is applied in this thread meanwhile. A non-finite gradient is sent on its own (never summed into a
+        deferred update) so that its owner rejects and counts it."""
+        owners = list(self.owner_ranks if owners is None else owners)
+        offers: dict[int, tuple[int, list[tuple[int, torch.Tensor]], int]] = {}
+        for o in owners:
+            if self._reads[o] is None:
+                raise AsyncTrainingError(f"worker {self.worker}: submit() without a read at owner rank {o}; call "
+                                         "begin_step() first")
+            if grads is None or not finite:
+                pend = self._pending[o]
+                if grads is not None:  # non-finite: the raw gradient, alone
+                    blocks = [(b, grads[b]) for b in self.ownership[o] if grads[b] is not None]
+                    offers[o] = (self._reads[o], blocks, samples)  # type: ignore[assignment]
+                    continue
+                if pend is None:
+                    continue
+                blocks = [(b, g) for b, g in zip(self.ownership[o], pend) if g is not None]
+            else:
+                blocks = self._add_pending(o, grads, samples)
+            offers[o] = (self._reads[o], blocks, self._pending_samples[o] if finite else samples)  # type: ignore
+        if not offers:
+            return {}
+        flags = wire.F_MUST_APPLY if must_apply else wire.F_WANT_READ
+        if not finite:
+            flags |= wire.F_NONFINITE
+        results: dict[int, tuple[str, int, Any]] = {}
+
+        def local() -> None:
+            if self.worker in offers:
+                assert self.authority is not None
+                base, blocks, n = offers[self.worker]
+                self._seq += 1
+                results[self.worker] = self.authority.push(self.worker, self._seq, base, blocks, n, flags, None)
+
+        requests = {}
+        for o, (base, blocks, n) in offers.items():
+            if o == self.worker:
+                continue
+            requests[o] = self._request(
+                o, wire.PUSH, blocks=[(b, base, g) for b, g in blocks],
+                ints={wire.P_VERSION: base, wire.P_SAMPLES: n, wire.P_FLAGS: flags},
+            )
+        replies = self._exchange(requests, local)
+        verdicts = {}
+        for o in offers:
+            if o == self.worker:
+                verdict, version, blocks = results[o]
+                if blocks is not None:
+                    self._copy_in(local_params, blocks)
+            else:
+                reply = replies[o]
+                verdict = _CODE_V.get(reply[wire.P_FLAGS], "rejected_schema")
+                version = reply[wire.P_EXTRA]
+                if version >= 0:
+                    self._copy_reply(local_params, reply, o)
+            verdicts[o] = verdict
+            if verdict == "deferred" or verdict == "rejected_nonfinite" or verdict == "rejected_duplicate":
+                continue  # the read stays held (and a deferred update stays pending)
+            self._clear_pending(o)
+            self._reads[o] = version if version >= 0 else None
+        return verdicts
+
+    def _add_pending(self, o: int, grads: list[torch.Tensor | None], samples: int) -> list[tuple[int, torch.Tensor]]:
+        """Add this gradient's blocks of owner ``o`` to its pending update; return the blocks to offer (mean)."""
+        mine = [grads[b] for b in self.ownership[o]]
+        pend = self._pending[o]
+        if pend is None:
+            self._pending[o] = list(mine)
+        else:
+            if self._pending_count[o] == 1:  # first deferral: own the buffers, the caller may zero its grads
+                pend = [None if g is None else g.detach().clone() for g in pend]
+                self._pending[o] = pend
+            for i, g in enumerate(mine):
+                if g is None:
+                    continue
+                if pend[i] is None:
+                    pend[i] = g.detach().clone()
+                else:
+                    pend[i].add_(g)  # type: ignore[union-attr]
+        self._pending_count[o] += 1
+        self._pending_samples[o] += samples
+        count = self._pending_count[o]
+        out = []
+        for b, g in zip(self.ownership[o], self._pending[o] or ()):
+            if g is not None:
+                out.append((b, g.div(count) if count > 1 else g))
+        return out
+
+    def _clear_pending(self, o: int) -> None:
+        self._pending[o] = None
+        self._pending_count[o] = 0
+        self._pending_samples[o] = 0
+
+    def end_epoch(self, local_params: Sequence[torch.Tensor]) -> None:
+        """Apply what is deferred (waiting for admission), release every read, refresh ``local_params``."""
+        self._local_failed()
+        start = time.perf_counter()
+        deferred = [o for o in self.owner_ranks if self._pending[o] is not None]
+        if deferred:
+            self._push_all(local_params, None, 0, finite=True, must_apply=True, owners=deferred)
+        self._read_many(local_params, list(self.owner_ranks), wire.RELEASE_REFRESH)
+        self._busy_seconds += time.perf_counter() - start
+
+    def refresh(self, local_params: Sequence[torch.Tensor]) -> None:
+        """Copy the current authoritative parameters into ``local_params`` without taking a read."""
+        self._local_failed()
+        self._read_many(local_params, list(self.owner_ranks), wire.REFRESH)
+
+    def finish(self, local_params: Sequence[torch.Tensor]) -> None:
+        """Flush, release the reads, tell every owner this worker is done (end of fit in this process)."""
+        if self._finished:
+            return
+        self.end_epoch(local_params)
+        self._say_bye()
+        if self._store is not None:
+            self._store.add("finished", 1)
+
+    def _say_bye(self) -> None:
+        self._finished = True
+        if self.authority is not None:
+            self.authority.bye(self.worker)
+        requests = {o: self._request(o, wire.BYE) for o in self._client}
+        if requests:
+            self._exchange(requests)
+
+    def wait_for_workers(self, timeout: float | None = None) -> bool:
+        """Bounded wait until every worker called :meth:`finish` (or was evicted/died); ``True`` if all did."""
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        while True:
+            done = self._store.add("finished", 0) if self._store is not None else int(self._finished)
+            gone = 0
+            if self.authority is not None:
+                with self.authority.cond:
+                    gone = sum(1 for s in self.authority.status if s in (_EVICTED, _DEAD))
+            if done + gone >= self.num_workers:
+                return True
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.01)
+
+    # ------------------------------------------------------------------ sampler support
+    def next_batch(self, epoch: int, num_batches: int) -> int | None:
+        """Hand out the next unclaimed batch index of ``epoch`` (each once over all workers), or ``None``."""
+        self._cursor_epochs.add(epoch)
+        if self._store is None:
+            index = self._local_cursor.get(epoch, 0)
+            self._local_cursor[epoch] = index + 1
+        else:
+            index = int(self._store.add(f"cursor/{epoch}", 1)) - 1
+        return index if index < num_batches else None
+
+    def _cursor(self, epoch: int) -> int:
+        if self._store is None:
+            return self._local_cursor.get(epoch, 0)
+        return int(self._store.add(f"cursor/{epoch}", 0))
+
+    def _set_cursor(self, epoch: int, value: int) -> None:
+        if self._store is None:
+            self._local_cursor[epoch] = value
+        else:
+            current = int(self._store.add(f"cursor/{epoch}", 0))
+            self._store.add(f"cursor/{epoch}", value - current)
+        self._cursor_epochs.add(epoch)
+
+    # ------------------------------------------------------------------ snapshot / restore
+    def _gather(self, kind: int, meta: dict[int, dict[str, Any]] | None = None) -> dict[int, wire.Message | Any]:
+        """Ask every owner (the local one directly) for its snapshot or telemetry."""
+        out: dict[int, Any] = {}
+
+        def local() -> None:
+            auth = self.authority
+            if auth is None:
+                return
+            if kind == wire.SNAPSHOT:
+                out[self.worker] = auth.snapshot()
+            elif kind == wire.TELEMETRY:
+                out[self.worker] = auth.telemetry()
+            elif kind == wire.LOAD:
+                auth.load((meta or {})[self.worker])
+
+        requests = {o: self._request(o, kind, meta=(meta or {}).get(o)) for o in self._client}
+        replies = self._exchange(requests, local)
+        for o, reply in replies.items():
+            if kind == wire.SNAPSHOT:
+                tensors = [(int(reply.rows[i, wire.R_BLOCK]), int(reply.rows[i, wire.R_VERSION]),
+                            _decode_any(reply, i)) for i in range(reply.rows.shape[0])]
+                out[o] = (reply.meta, tensors)
+            elif kind == wire.TELEMETRY:
+                out[o] = reply.meta
+        return out
+
+    def snapshot(self) -> dict[str, Any]:
+        """Gather, on the calling rank, every owner's parameters, optimizer state, versions and counters.
+
+        Each owner's part is taken under its lock, at one version of its block group (owners are independent
+        authorities, so their parts need no common instant). Only the calling rank takes part (the owners' server
+        threads answer), so it may be called from rank 0 alone.
+        """
+        self._local_failed()
+        parts = self._gather(wire.SNAPSHOT)
+        params: list[torch.Tensor | None] = [None] * len(self.params)
+        index = _optimizer_index(self.optimizer, self.params)
+        state: dict[int, dict[str, Any]] = {}
+        owners_meta = []
+        block_versions = [0] * len(self.params)
+        for o in self.owner_ranks:
+            meta, tensors = parts[o]
+            for b, v, t in tensors[: len(meta["blocks"])]:
+                params[b] = t.clone()
+                block_versions[b] = v
+            for b, key, row in meta["state"]:
+                state.setdefault(index[b], {})[key] = tensors[row][2].clone()
+            for b, key, value in meta["scalars"]:
+                state.setdefault(index[b], {})[key] = value
+            owners_meta.append({k: meta[k] for k in ("rank", "blocks", "version", "block_versions", "counts",
+                                                     "hist")})
+        user_state = self.optimizer.state_dict()
+        optimizer_state = {"state": dict(sorted(state.items())), "param_groups": user_state["param_groups"]}
+        tele = self._combine([{**m, "reported": parts[m["rank"]][0]["reported"]} for m in owners_meta])
+        slots = [0, 0, 0, 0]
+        for epoch in sorted(self._cursor_epochs)[-2:]:
+            slots[2 * (epoch % 2)] = epoch + 1
+            slots[2 * (epoch % 2) + 1] = self._cursor(epoch)
+        engine_state = {
+            "engine": "parameter_server",
+            "version": max(m["version"] for m in owners_meta),
+            "block_versions": block_versions,
+            "batch_cursor": slots,
+            "counters": tele.counters,
+            "staleness_histogram": tele.staleness_histogram,
+            "num_workers": self.num_workers,
+            "max_staleness": self.bound.max_staleness,
+            "bound_policy": self.bound.policy,
+            "owners": owners_meta,
+        }
+        return {"params": params, "optimizer": optimizer_state, "engine": engine_state}
+
+    def load_snapshot(self, snapshot: dict[str, Any]) -> None:
+        """Restore versions, counters and the batch cursor on every owner (call on one rank, e.g. rank 0).
+
+        Parameters and optimizer state are restored by :meth:`adopt_optimizer_state` on every rank. A snapshot
+        of another ownership layout (or of the shared-memory engine) restores each owner's version as the largest
+        saved version of its blocks and puts the saved counters on the first owner.
+        """
+        self._local_failed()
+        engine = snapshot.get("engine", snapshot)
+        saved = {int(m["rank"]): m for m in engine.get("owners", [])}
+        same = all(o in saved and list(saved[o]["blocks"]) == self.ownership[o] for o in self.owner_ranks) and \
+            len(saved) == len(self.owner_ranks) and int(engine.get("num_workers", -1)) == self.num_workers
+        block_versions = list(engine.get("block_versions") or [])
+        if len(block_versions) != len(self.params):
+            block_versions = [int(engine.get("version", 0))] * len(self.params)
+        metas: dict[int, dict[str, Any]] = {}
+        for i, o in enumerate(self.owner_ranks):
+            if same:
+                m = saved[o]
+                metas[o] = {k: m[k] for k in ("version", "block_versions", "counts", "hist")}
+                continue
+            bv = [int(block_versions[b]) for b in self.ownership[o]]
+            meta: dict[str, Any] = {"version": max(bv, default=int(engine.get("version", 0))), "block_versions": bv}
+            if i == 0:
+                counts = np.zeros((self.num_workers, len(OWNER_COUNTERS)), dtype=np.int64)
+                for name, value in engine.get("counters", {}).items():
+                    if name in OWNER_COUNTERS:
+                        counts[0, OWNER_COUNTERS.index(name)] = int(value)
+                meta["counts"] = counts.tolist()
+                meta["hist"] = [list(engine.get("staleness_histogram", []))]
+            metas[o] = meta
+        self._gather(wire.LOAD, metas)
+        for o in self.owner_ranks:
+            self._owner_versions[o] = int(metas[o]["version"])
+        cursor = engine.get("batch_cursor")
+        if cursor is not None and len(cursor) == 4:
+            for slot in (0, 2):
+                if int(cursor[slot]) > 0:
+                    self._set_cursor(int(cursor[slot]) - 1, int(cursor[slot + 1]))
+
+    def adopt_optimizer_state(self, is_creator: bool = False) -> None:
+        """After ``optimizer.load_state_dict`` and the model's parameters were loaded on every rank: each owner
+        takes its blocks' parameters and optimizer state from this rank's objects (call on every rank; no
+        communication). The user's optimizer then drops its copy of the state: the owners hold it."""
+        del is_creator  # every owner adopts its own blocks
+        if self.authority is not None:
+            self.authority.adopt(self)
+        self.optimizer.state.clear()
+
+    def attach_state(self) -> None:
+        """Nothing to do: :meth:`adopt_optimizer_state` already placed the state on its owners."""
+
+    # ------------------------------------------------------------------ telemetry
+    def _combine(self, parts: list[dict[str, Any]]) -> Telemetry:
+        p = self.num_workers
+        counts = np.zeros((p, len(OWNER_COUNTERS)), dtype=np.int64)
+        hist = np.zeros(self._bins, dtype=np.int64)
+        reported = np.zeros((p, len(_REPORTED)), dtype=np.float64)
+        samples_col = OWNER_COUNTERS.index("samples")
+        for part in parts:
+            c = np.asarray(part["counts"], dtype=np.int64).reshape(p, len(OWNER_COUNTERS))
+            counts += c
+            h = np.asarray(part["hist"], dtype=np.int64).sum(axis=0) if len(part["hist"]) else np.zeros(0)
+            n = min(len(h), self._bins)
+            hist[:n] += h[:n]
+            r = np.asarray(part.get("reported", np.zeros_like(reported)), dtype=np.float64).reshape(reported.shape)
+            newer = r[:, 0] >= reported[:, 0]
+            reported[newer] = r[newer]
+        if self._started:
+            reported[self.worker] = [self._gradients, self._wait_seconds, self._busy_seconds, self._started,
+                                     time.time()]
+        del samples_col
+        names = list(COUNTERS) + [c for c in OWNER_COUNTERS if c not in COUNTERS]
+        counters = {}
+        for name in names:
+            if name == "gradients":
+                counters[name] = int(reported[:, 0].sum())
+            elif name in OWNER_COUNTERS:
+                counters[name] = int(counts[:, OWNER_COUNTERS.index(name)].sum())
+        counters["rejected"] = sum(counters[r] for r in REJECTIONS)
+        per_worker = []
+        now = time.time()
+        for w in range(p):
+            row = {name: float(counts[w, i]) for i, name in enumerate(OWNER_COUNTERS)}
+            row["gradients"] = float(reported[w, 0])
+            started = reported[w, 3]
+            elapsed = max(now - started, 1e-9) if started else 0.0
+            wait = float(reported[w, 1])
+            row["samples_per_s"] = row["samples"] / elapsed if elapsed else 0.0
+            row["wait_seconds"] = wait
+            row["wait_fraction"] = wait / elapsed if elapsed else 0.0
+            row["heartbeat"] = float(reported[w, 4])
+            per_worker.append(row)
+        return Telemetry(
+            counters=counters,
+            per_worker=per_worker,
+            staleness_histogram=hist.tolist(),
+            max_staleness=self.bound.max_staleness,
+            bound_policy=self.bound.policy,
+            version=max(int(part.get("version", 0)) for part in parts) if parts else 0,
+            extra={"engine": "parameter_server", "owners": list(self.owner_ranks),
+                   "ownership": {str(o): b for o, b in self.ownership.items()}},
+        )
+
+    def telemetry(self) -> Telemetry:
+        """Counters and staleness histogram summed over owners (asks every owner; any rank may call it).
+
+        Counters: ``received``, ``applied``, ``rejected_stale``, ``rejected_nonfinite``, ``rejected_schema``,
+        ``rejected_duplicate``, ``rejected_version`` (``rejected`` is their sum), ``deferred``, ``samples``
+        (counted by the first owner), ``lost`` (in-flight updates of evicted or dead workers), ``gradients``.
+        """
+        self._local_failed()
+        parts = self._gather(wire.TELEMETRY)
+        return self._combine([parts[o] for o in self.owner_ranks])
+
+    def describe_peers(self) -> str:
+        """One line per other worker as this rank's owner sees it (status, last message, read held)."""
+        auth = self.authority
+        if auth is None:
+            return f"(rank {self.worker} owns no blocks; ask an owner rank: {self.owner_ranks})"
+        now, lines = time.time(), []
+        with auth.cond:
+            for w in range(self.num_workers):
+                if w == self.worker:
+                    continue
+                read = f"holds read version {auth.reads[w]}" if w in auth.reads else "holds no read"
+                lines.append(f"worker {w}: {_STATUS[auth.status[w]]}, last message {now - auth.last_seen[w]:.1f}s "
+                             f"ago, {read}")
+        return "; ".join(lines)
+
+    # ------------------------------------------------------------------ teardown
+    def close(self) -> None:
+        """Say goodbye if :meth:`finish` was not called, serve the other workers until they finished (bounded:
+        each must keep talking within ``hang_timeout``), then stop. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if not self._finished:
+            try:
+                self._say_bye()
+            except AsyncTrainingError:
+                pass
+        for thread in self._threads:
+            thread.join(timeout=self.hang_timeout + self.reply_timeout)
+
+    # ------------------------------------------------------------------ fault injection (tests)
+    def _debug_resend(self, owner: int) -> str:
+        """Send the last PUSH to remote ``owner`` again, byte for byte (a duplicate); return its verdict."""
+        reply = self._exchange({owner: self._last_push[owner]})[owner]
+        return _CODE_V.get(reply[wire.P_FLAGS], "?")
+
+    def _debug_push(self, owner: int, blocks: list[tuple[int, torch.Tensor]]) -> str:
+        """Push arbitrary ``(block, tensor)`` pairs to remote ``owner`` on the read held there; return the
+        verdict (the worker's bookkeeping follows it as for a real push)."""
+        base = self._reads[owner]
+        assert base is not None, "hold a read at the owner first"
+        parts = self._request(owner, wire.PUSH, blocks=[(b, base, t) for b, t in blocks],
+                              ints={wire.P_VERSION: base, wire.P_SAMPLES: 0, wire.P_FLAGS: 0})
+        verdict = _CODE_V.get(self._exchange({owner: parts})[owner][wire.P_FLAGS], "?")
+        if verdict not in ("deferred", "rejected_nonfinite", "rejected_duplicate"):
+            self._clear_pending(owner)
+            self._reads[owner] = None
+        return verdict
+
+    def threads_alive(self) -> list[str]:
+        """Names of this engine's server threads still running (for teardown checks)."""
+        return [t.name for t in self._threads if t.is_alive()]
+
+
+# ---------------------------------------------------------------------- helpers
+def _error_reply(error: BaseException) -> list[torch.Tensor]:
+    return wire.pack(wire.RESPONSE, -1, 0, status=wire.ERROR,
+                     meta={"error": type(error).__name__, "message": str(error)})
+
+
+def _decode_any(message: wire.Message, i: int) -> torch.Tensor:
+    row = message.rows[i]
+    dtype = wire.CODE_DTYPE[int(row[wire.R_DTYPE])]
+    ndim = int(row[wire.R_NDIM])
+    shape = tuple(int(v) for v in row[wire.R_DIMS : wire.R_DIMS + ndim])
+    if not wire.payload_fits(message, i) or math.prod(shape) != int(row[wire.R_NUMEL]):
+        raise AsyncTrainingError("malformed snapshot block")
+    return message.block_bytes(i).view(dtype).view(shape).clone()
+
+
+def _padded(n: int) -> int:
+    return (n + 15) // 16 * 16
+
+
+def _all_finite(grads: Sequence[torch.Tensor | None]) -> bool:
+    tensors = [g for g in grads if g is not None and (g.is_floating_point() or g.is_complex())]
+    if not tensors:
+        return True
+    norms = torch._foreach_norm(tensors, ord=math.inf)
+    return bool(torch.isfinite(torch.stack([n.float() for n in norms])).all())
+
+
+def _is_async_optimizer(optimizer: torch.optim.Optimizer) -> bool:
+    try:
+        from lightning_async.optim import AsyncOptimizer
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(optimizer, AsyncOptimizer)
+
+
+def _optimizer_index(optimizer: torch.optim.Optimizer, params: Sequence[torch.Tensor]) -> list[int]:
+    """For each of ``params``, its index in ``optimizer.state_dict()`` (the order of the param groups)."""
+    order: dict[int, int] = {}
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            order.setdefault(id(p), len(order))
+    missing = [i for i, p in enumerate(params) if id(p) not in order]
+    if missing:
+        raise ValueError(f"parameters {missing} are not in the optimizer's param groups")
+    return [order[id(p)] for p in params]
+
+
+def _restricted_optimizer(
+    optimizer: torch.optim.Optimizer, params: Sequence[torch.Tensor], shadows: dict[int, torch.nn.Parameter]
+) -> tuple[torch.optim.Optimizer, list[int]]:
+    """A shallow copy of ``optimizer`` whose param groups hold only ``shadows`` (owned blocks) and whose state is
+    its own. Returns it and, for each of its groups, the index of the user's group it mirrors."""
+    block_of = {id(p): i for i, p in enumerate(params)}
+    restricted = object.__new__(type(optimizer))
+    restricted.__dict__.update(optimizer.__dict__)
+    restricted.state = defaultdict(dict)
+    groups, group_of = [], []
+    for gi, group in enumerate(optimizer.param_groups):
+        owned = [shadows[block_of[id(p)]] for p in group["params"] if block_of.get(id(p)) in shadows]
+        if owned:
+            groups.append({**{k: v for k, v in group.items() if k != "params"}, "params": owned})
+            group_of.append(gi)
+    restricted.param_groups = groups
+    return restricted, group_of
+
+
+__all__ = ["ON_WORKER_FAILURE", "OWNER_COUNTERS", "ParameterServerEngine", "assign_blocks"]
