@@ -15,7 +15,6 @@ import shutil
 import subprocess
 import sys
 import threading
-import time
 from datetime import timedelta
 from functools import partial
 from typing import Any, Literal
@@ -40,7 +39,7 @@ from typing_extensions import override
 from lightning_async.engine.base import Telemetry
 from lightning_async.engine.bound import BOUND_POLICIES, validate_bound_policy, validate_max_staleness
 from lightning_async.engine.shared_memory import SharedMemoryEngine
-from lightning_async.engine.shm import pid_alive, remove_stale_runs, run_directory
+from lightning_async.engine.shm import remove_stale_runs, run_directory
 from lightning_async.engine_optimizer import EngineOptimizer
 from lightning_async.sampler import SharedCursorBatchSampler
 from lightning_async.schedulers import GlobalProgressScheduler
@@ -394,7 +393,7 @@ class AsyncAdaptiveStrategy(DDPStrategy):
         if engine is not None:
             engine.close()
             if self.is_global_zero:
-                _wait_for_workers(engine, self.engine_timeout)
+                engine.wait_for_workers(self.engine_timeout)
                 shutil.rmtree(engine.directory, ignore_errors=True)
         self.optimizers = [o.optimizer if isinstance(o, EngineOptimizer) else o for o in self.optimizers]
         super().teardown()
@@ -442,7 +441,7 @@ class _EngineLifecycle(Callback):
             return
         engine.finish(self.strategy._local_params)
         if trainer.is_global_zero:
-            _wait_for_workers(engine, self.strategy.engine_timeout)
+            engine.wait_for_workers(self.strategy.engine_timeout)
             engine.refresh(self.strategy._local_params)
             telemetry = engine.telemetry()
             self.strategy.telemetry = telemetry
@@ -454,16 +453,6 @@ class _EngineLifecycle(Callback):
 def _raise_on_local_sigterm(trainer: Trainer) -> None:
     if getattr(trainer, "received_sigterm", False):
         raise SIGTERMException()
-
-
-def _wait_for_workers(engine: SharedMemoryEngine, timeout: float) -> None:
-    """Bounded wait until every worker has finished training (or its process is gone)."""
-    deadline = time.monotonic() + timeout
-    status, pids = engine._view("status"), engine._view("pid")
-    while time.monotonic() < deadline:
-        if all(s != 1 or (p > 0 and not pid_alive(int(p))) for s, p in zip(status, pids)):
-            return
-        time.sleep(0.01)
 
 
 def _ordered_params(optimizer: torch.optim.Optimizer) -> list[torch.nn.Parameter]:

@@ -44,10 +44,7 @@ def is_feasible(reads: Iterable[int], version: int, max_staleness: int | None) -
     """Whether every in-flight read can still be applied, oldest first, within ``max_staleness``."""
     if max_staleness is None:
         return True
-    for i, read in enumerate(sorted(reads)):
-        if version + i - read > max_staleness:
-            return False
-    return True
+    return all(version + i - read <= max_staleness for i, read in enumerate(sorted(reads)))
 
 
 class StalenessBound:

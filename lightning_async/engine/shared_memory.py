@@ -215,10 +215,8 @@ class SharedMemoryEngine(Engine):
 
     def _add_pending(self, grads: list[torch.Tensor | None], samples: int) -> None:
         if self._pending is None:
-            self._pending = list(grads)
+            self._pending = list(grads)  # no copy: applied before the caller touches its gradients again
         else:
-            if self._pending_count == 1:  # first deferral: own the buffers, the caller may zero its grads
-                self._pending = [None if g is None else g.detach().clone() for g in self._pending]
             for i, g in enumerate(grads):
                 if g is None:
                     continue
@@ -239,6 +237,8 @@ class SharedMemoryEngine(Engine):
                 reserved = self._try_reserve()
             if reserved is None and policy == "accumulate":
                 self._count("deferred")
+                if self._pending_count == 1:  # kept past this step: own the buffers, the caller may zero its grads
+                    self._pending = [None if g is None else g.detach().clone() for g in self._pending or ()]
                 return "deferred"
         self._count("received")
         if reserved is None:  # drop: too stale
@@ -378,6 +378,16 @@ class SharedMemoryEngine(Engine):
                     f"worker {w} (pid {int(pids[w])}) is no longer running; worker {self.worker} stops too. "
                     "Resume with Trainer.fit(..., ckpt_path='last')."
                 )
+
+    def wait_for_workers(self, timeout: float) -> bool:
+        """Bounded wait until no other worker is still training (finished, or its process is gone)."""
+        deadline = time.monotonic() + timeout
+        status, pids = self._view("status"), self._view("pid")
+        while time.monotonic() < deadline:
+            if all(s != _RUNNING or (p > 0 and not pid_alive(int(p))) for s, p in zip(status, pids)):
+                return True
+            time.sleep(0.01)
+        return False
 
     def describe_peers(self) -> str:
         """One line per other worker: its status, when it last made progress, and the read it holds."""

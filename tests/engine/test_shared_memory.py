@@ -135,7 +135,7 @@ def test_non_finite_gradients_never_reach_the_state_and_repeats_raise(directory)
     x = torch.randn(4, 3, dtype=torch.float64)
     assert _grad_step(e0, m0, x) == "applied"
     params = list(m0.parameters())
-    for i in range(2):
+    for _ in range(2):
         e0.begin_step(params)
         for p in params:
             p.grad = torch.full_like(p, float("nan"))
@@ -203,3 +203,18 @@ def test_eagerly_initialised_state_of_async_optimizers_is_shared_from_the_start(
     p0, p1 = next(iter(m0.parameters())), next(iter(m1.parameters()))
     assert int(e1.optimizer.state[p1]["step"]) == 2
     assert torch.equal(e0.optimizer.state[p0]["exp_avg_sq"], e1.optimizer.state[p1]["exp_avg_sq"])
+
+
+def test_a_deferred_gradient_survives_the_caller_zeroing_its_grads_in_place(directory):
+    (e0, e1), (m0, m1) = _pair(directory, "accumulate", max_staleness=0,
+                               make_opt=lambda ps: torch.optim.SGD(ps, lr=1.0))
+    x = torch.randn(4, 3, dtype=torch.float64)
+    e1.begin_step(list(m1.parameters()))  # forces e0's update to wait: K = 0 and e1 read first
+    e0._view("reads")[0] = e0.version  # e0 holds a read of the same version (admitted by hand for the test)
+    e0._read = e0.version
+    m0.zero_grad()
+    m0(x).pow(2).mean().backward()
+    expected = [p.grad.clone() for p in m0.parameters()]
+    assert e0.submit(list(m0.parameters()), 4) == "deferred"
+    m0.zero_grad(set_to_none=False)  # in place: must not reach the deferred gradient
+    assert all(torch.equal(p, g) for p, g in zip(e0._pending, expected))

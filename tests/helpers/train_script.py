@@ -7,6 +7,7 @@ metrics; rank 0 adds the engine's telemetry. Used by tests/test_strategy.py thro
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 from pathlib import Path
@@ -21,9 +22,10 @@ from lightning_async.testing import FaultInjector, Slowdown, non_finite_paramete
 
 
 class Regression(L.LightningModule):
-    def __init__(self, lr: float = 0.01) -> None:
+    def __init__(self, lr: float = 0.01, optimizer: str = "torch.optim.Adam") -> None:
         super().__init__()
         self.lr = lr
+        self.optimizer_name = optimizer
         self.net = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.Tanh(), torch.nn.Linear(32, 1))
         self.val_mse = torchmetrics.MeanSquaredError()
         self.seen: dict[int, list[int]] = {}
@@ -48,7 +50,8 @@ class Regression(L.LightningModule):
         self.log("val_mse", self.val_mse, sync_dist=True)
 
     def configure_optimizers(self):
-        optimizer = torch.optim.Adam(self.parameters(), lr=self.lr)
+        module, _, name = self.optimizer_name.rpartition(".")
+        optimizer = getattr(importlib.import_module(module), name)(self.parameters(), lr=self.lr)
         scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=50, gamma=0.5)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
@@ -72,6 +75,8 @@ def main() -> None:
     parser.add_argument("--slow-rank", type=int, default=None)
     parser.add_argument("--factor", type=float, default=1.0)
     parser.add_argument("--fault", default=None, help="JSON kwargs of FaultInjector")
+    parser.add_argument("--optimizer", default="torch.optim.Adam", help="dotted path of the optimizer class")
+    parser.add_argument("--lr", type=float, default=0.01)
     args = parser.parse_args()
 
     torch.manual_seed(0)
@@ -91,7 +96,7 @@ def main() -> None:
         logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
         default_root_dir=str(args.out),
     )
-    model = Regression()
+    model = Regression(lr=args.lr, optimizer=args.optimizer)
     data = dataset()
     trainer.fit(model, DataLoader(data, batch_size=16, shuffle=True), DataLoader(data, batch_size=64))
     report = {
