@@ -263,6 +263,7 @@ class _Authority:
         """Serve a READ: returns (version or -1 if no read was taken, parameters or None)."""
         with self.cond:
             self.check(w)
+            self.last_seen[w] = time.time()
             if mode in (wire.RELEASE, wire.RELEASE_REFRESH):
                 if self.reads.pop(w, None) is not None:
                     self.cond.notify_all()
@@ -288,6 +289,7 @@ class _Authority:
         """Check and admit one update; returns (verdict, read version taken or -1, parameters or None)."""
         with self.cond:
             self.check(w)
+            self.last_seen[w] = time.time()
             if seq <= self.last_seq.get(w, 0):
                 return self._reject(w, "rejected_duplicate", release=False), -1, None
             self.last_seq[w] = seq
@@ -601,7 +603,7 @@ class ParameterServerEngine(Engine):
             except wire.ChannelError as e:
                 auth.worker_failed(c, e)
                 return
-            if kind == wire.BYE:
+            if kind == wire.CLOSE:
                 return
 
     def _handle(self, c: int, kind: int, m: wire.Message) -> list[torch.Tensor]:
@@ -619,7 +621,7 @@ class ParameterServerEngine(Engine):
             return wire.pack(wire.RESPONSE, self.worker, m[wire.P_SEQ], blocks=blocks or (),
                              ints={wire.P_VERSION: auth.version, wire.P_EXTRA: version,
                                    wire.P_FLAGS: _V_CODE[verdict]})
-        if kind == wire.BYE:
+        if kind in (wire.BYE, wire.CLOSE):
             auth.bye(c)
             return wire.pack(wire.RESPONSE, self.worker, m[wire.P_SEQ])
         if kind == wire.SNAPSHOT:
@@ -1042,7 +1044,7 @@ class ParameterServerEngine(Engine):
             slots[2 * (epoch % 2)] = epoch + 1
             slots[2 * (epoch % 2) + 1] = self._cursor(epoch)
         engine_state = {
-            "engine": "parameter_server",
+            "kind": "parameter_server",
             "version": max(m["version"] for m in owners_meta),
             "block_versions": block_versions,
             "batch_cursor": slots,
@@ -1063,7 +1065,7 @@ class ParameterServerEngine(Engine):
         saved version of its blocks and puts the saved counters on the first owner.
         """
         self._local_failed()
-        engine = snapshot.get("engine", snapshot)
+        engine = snapshot["engine"] if isinstance(snapshot.get("engine"), dict) else snapshot
         saved = {int(m["rank"]): m for m in engine.get("owners", [])}
         same = all(o in saved and list(saved[o]["blocks"]) == self.ownership[o] for o in self.owner_ranks) and \
             len(saved) == len(self.owner_ranks) and int(engine.get("num_workers", -1)) == self.num_workers
@@ -1187,8 +1189,9 @@ class ParameterServerEngine(Engine):
 
     # ------------------------------------------------------------------ teardown
     def close(self) -> None:
-        """Say goodbye if :meth:`finish` was not called, serve the other workers until they finished (bounded:
-        each must keep talking within ``hang_timeout``), then stop. Idempotent."""
+        """Say goodbye if :meth:`finish` was not called, release the owners' server threads serving this worker,
+        and serve the other workers until they closed too (bounded: a client silent for ``hang_timeout +
+        reply_timeout`` is abandoned). Idempotent."""
         if self._closed:
             return
         self._closed = True
@@ -1197,8 +1200,18 @@ class ParameterServerEngine(Engine):
                 self._say_bye()
             except AsyncTrainingError:
                 pass
-        for thread in self._threads:
-            thread.join(timeout=self.hang_timeout + self.reply_timeout)
+        for o in self._client:
+            try:
+                self._exchange({o: self._request(o, wire.CLOSE)})
+            except AsyncTrainingError:
+                pass
+        auth = self.authority
+        limit = self.hang_timeout + self.reply_timeout
+        for thread, c in zip(self._threads, self._server):
+            while thread.is_alive():
+                thread.join(timeout=0.05)
+                if auth is not None and time.time() - auth.last_seen[c] > limit:
+                    break
 
     # ------------------------------------------------------------------ fault injection (tests)
     def _debug_resend(self, owner: int) -> str:

@@ -1,0 +1,342 @@
+"""The parameter-server engine: single-process exactness, wire format, and multi-process runs over gloo.
+
+Multi-process scenarios run ``ps_helpers/worker.py`` in 2-3 subprocesses that rendezvous through a FileStore in
+``tmp_path`` (no port races). Assertions are on counters, histograms and error messages, never on timing; every
+subprocess wait has a timeout, and no test leaves a process behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import torch
+
+from lightning_async.engine import ps_wire as wire
+from lightning_async.engine.parameter_server import ParameterServerEngine, assign_blocks
+
+WORKER = Path(__file__).parent / "ps_helpers" / "worker.py"
+
+
+def _model(seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1)).double()
+
+
+def _single(make_opt, max_staleness=0, policy="accumulate"):
+    model = _model()
+    params = list(model.parameters())
+    engine = ParameterServerEngine(0, 1, params, make_opt(params), max_staleness=max_staleness,
+                                   bound_policy=policy, timeout=5.0)
+    engine.start()
+    return engine, model, params
+
+
+# ---------------------------------------------------------------------------------------------- one process
+@pytest.mark.parametrize("make_opt", [
+    lambda ps: torch.optim.Adam(ps, lr=0.05),
+    lambda ps: torch.optim.SGD([{"params": ps[:2], "lr": 0.1}, {"params": ps[2:], "lr": 0.01}], momentum=0.9),
+], ids=["adam", "sgd-two-groups"])
+def test_one_worker_equals_the_plain_optimizer_loop(make_opt):
+    x = torch.randn(5, 3, dtype=torch.float64)
+    engine, model, params = _single(make_opt)
+    reference = _model()
+    ref_opt = make_opt(list(reference.parameters()))
+    for _ in range(20):
+        engine.begin_step(params)
+        model.zero_grad()
+        model(x).pow(2).mean().backward()
+        assert engine.submit(params, 5) == "applied"
+        ref_opt.zero_grad()
+        reference(x).pow(2).mean().backward()
+        ref_opt.step()
+    engine.refresh(params)
+    for p, q in zip(params, reference.parameters()):
+        assert torch.equal(p, q)
+    snap = engine.snapshot()
+    ref_state = ref_opt.state_dict()["state"]
+    assert sorted(snap["optimizer"]["state"]) == sorted(ref_state)
+    for i, state in ref_state.items():
+        for key, value in state.items():
+            assert torch.equal(snap["optimizer"]["state"][i][key], value), key
+    tele = engine.telemetry()
+    assert tele.counters["applied"] == tele.counters["received"] == 20
+    assert tele.staleness_histogram[0] == 20 and tele.counters["samples"] == 100
+    assert not engine.optimizer.state  # the user's optimizer keeps no private state: the owner has it
+    engine.finish(params)
+    engine.close()
+
+
+def test_snapshot_and_resume_continue_exactly(tmp_path):
+    make_opt = lambda ps: torch.optim.Adam(ps, lr=0.05)  # noqa: E731
+    xs = [torch.randn(5, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(i)) for i in range(20)]
+
+    def run(engine, model, params, batches):
+        for x in batches:
+            engine.begin_step(params)
+            model.zero_grad()
+            model(x).pow(2).mean().backward()
+            engine.submit(params, 5)
+        engine.end_epoch(params)
+
+    straight = _single(make_opt)
+    run(*straight, xs)
+    first = _single(make_opt)
+    run(*first, xs[:10])
+    for epoch in range(2):
+        first[0].next_batch(epoch, 100)
+    snap = first[0].snapshot()
+    path = tmp_path / "ckpt.pt"
+    torch.save(snap, path)
+    loaded = torch.load(path, weights_only=True)  # plain tensors, numbers, lists and dicts only
+    # what the strategy does on resume: model weights and optimizer state into the user's objects, then adopt
+    engine, model, params = _single(make_opt)
+    with torch.no_grad():
+        for p, value in zip(params, loaded["params"]):
+            p.copy_(value)
+    engine.optimizer.load_state_dict(loaded["optimizer"])
+    engine.adopt_optimizer_state(is_creator=True)
+    engine.load_snapshot(loaded["engine"])
+    engine.attach_state()
+    assert engine.version == 10 and engine.next_batch(1, 100) == 1
+    run(engine, model, params, xs[10:])
+    for p, q in zip(params, straight[2]):
+        assert torch.equal(p, q)
+    a, b = engine.snapshot(), straight[0].snapshot()
+    for i in a["optimizer"]["state"]:
+        for key in a["optimizer"]["state"][i]:
+            assert torch.equal(a["optimizer"]["state"][i][key], b["optimizer"]["state"][i][key])
+    assert a["engine"]["version"] == b["engine"]["version"] == 20
+    assert a["engine"]["block_versions"] == b["engine"]["block_versions"]
+    assert a["engine"]["counters"]["applied"] == 20
+
+
+def test_nonfinite_gradients_are_rejected_before_touching_state_then_raise():
+    from lightning_async.errors import NonFiniteGradientError
+
+    engine, model, params = _single(lambda ps: torch.optim.Adam(ps, lr=0.05))
+    engine.max_consecutive_nonfinite = 2
+    x = torch.randn(5, 3, dtype=torch.float64)
+    engine.begin_step(params)
+    model.zero_grad()
+    model(x).pow(2).mean().backward()
+    params[0].grad[0, 0] = float("nan")
+    assert engine.submit(params, 5) == "rejected_nonfinite"
+    engine.begin_step(params)  # the read is kept: same parameters
+    with pytest.raises(NonFiniteGradientError, match="worker 0 produced non-finite gradients 2 times"):
+        engine.submit(params, 5)
+    tele = engine.telemetry()
+    assert tele.counters["rejected_nonfinite"] == 2 and tele.counters["applied"] == 0
+    assert not engine.authority.optimizer.state  # nothing reached the optimizer state
+
+
+def test_configuration_errors_name_the_parameter():
+    model = _model()
+    params = list(model.parameters())
+    opt = torch.optim.SGD(params, lr=0.1)
+    kwargs = dict(max_staleness=1, bound_policy="wait", timeout=1.0)
+    with pytest.raises(ValueError, match="on_worker_failure"):
+        ParameterServerEngine(0, 1, params, opt, on_worker_failure="ignore", **kwargs)
+    with pytest.raises(ValueError, match="owner_ranks"):
+        ParameterServerEngine(0, 1, params, opt, owner_ranks=[3], **kwargs)
+    with pytest.raises(ValueError, match="timeout"):
+        ParameterServerEngine(0, 1, params, opt, max_staleness=1, bound_policy="wait", timeout=0)
+    with pytest.raises(ValueError, match="bound_policy"):
+        ParameterServerEngine(0, 1, params, opt, max_staleness=1, bound_policy="block", timeout=1.0)
+    with pytest.raises(RuntimeError, match="torch.distributed"):
+        ParameterServerEngine(0, 2, params, opt, **kwargs)
+
+
+def test_greedy_ownership_balances_bytes():
+    assert assign_blocks([100, 10, 60, 50], [0, 1]) == {0: [0, 1], 1: [2, 3]}  # 110 bytes each
+    assert assign_blocks([8, 8, 8, 8], [0, 1, 2]) == {0: [0, 3], 1: [1], 2: [2]}
+    assert assign_blocks([5], [0, 1]) == {0: [0], 1: []}
+
+
+def test_wire_round_trip_and_checks():
+    blocks = [(0, 3, torch.randn(2, 3, dtype=torch.float64)), (2, 3, torch.arange(5, dtype=torch.float32))]
+    parts = wire.pack(wire.PUSH, 1, 7, blocks=blocks, meta={"a": 1}, ints={wire.P_SAMPLES: 4})
+    assert all(p.dtype in (torch.int64, torch.uint8) for p in parts)  # raw integers and bytes only
+    payload = parts[3]
+    message = wire.Message(parts[0], parts[1], {"a": 1}, payload)
+    assert message[wire.P_KIND] == wire.PUSH and message[wire.P_SEQ] == 7 and message[wire.P_SAMPLES] == 4
+    for i, (_, _, t) in enumerate(blocks):
+        assert wire.row_matches(message.rows[i], t) is None and wire.payload_fits(message, i)
+        assert torch.equal(wire.decode_block(message, i, t), t)
+    assert "dtype" in wire.row_matches(message.rows[0], torch.zeros(2, 3, dtype=torch.float32))
+    assert "shape" in wire.row_matches(message.rows[0], torch.zeros(3, 2, dtype=torch.float64))
+    message.rows[1, wire.R_OFFSET] = payload.numel()  # points past the payload
+    assert not wire.payload_fits(message, 1)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA tensors (staged through pinned host memory over "
+                    "gloo) need a GPU; none on this machine")
+def test_cuda_parameters_one_worker():  # pragma: no cover - needs a GPU
+    model = _model().cuda()
+    params = list(model.parameters())
+    engine = ParameterServerEngine(0, 1, params, torch.optim.SGD(params, lr=0.1), max_staleness=0,
+                                   bound_policy="wait", timeout=5.0)
+    engine.begin_step(params)
+    model(torch.randn(2, 3, dtype=torch.float64, device="cuda")).sum().backward()
+    assert engine.submit(params, 2) == "applied"
+
+
+# ---------------------------------------------------------------------------------------------- processes
+def _launch(tmp_path: Path, config: dict, timeout: float = 60.0) -> tuple[list[int], list[dict]]:
+    config = {**config, "out": str(tmp_path), "init_file": str(tmp_path / "rendezvous")}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    procs = [
+        subprocess.Popen([sys.executable, str(WORKER), json.dumps(config), str(r)], env=env,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        for r in range(config["world"])
+    ]
+    deadline = time.monotonic() + timeout
+    codes = []
+    try:
+        for p in procs:
+            codes.append(p.wait(timeout=max(deadline - time.monotonic(), 0.1)))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait(timeout=10)
+    results = []
+    for r in range(config["world"]):
+        path = tmp_path / f"rank{r}.json"
+        results.append(json.loads(path.read_text()) if path.exists() else {})
+    for res in results:
+        if res.get("pid"):
+            assert not psutil.pid_exists(res["pid"]) or psutil.Process(res["pid"]).status() == "zombie"
+    return codes, results
+
+
+def _check_invariants(counters: dict, histogram: list[int], max_staleness: int) -> None:
+    rejected = sum(v for k, v in counters.items() if k.startswith("rejected_"))
+    assert counters["applied"] + rejected == counters["received"]
+    assert counters["rejected"] == rejected
+    assert sum(histogram) == counters["applied"]
+    assert all(n == 0 for s, n in enumerate(histogram) if s > max_staleness)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("policy", ["wait", "accumulate", "drop"])
+def test_two_workers_keep_the_bound_under_a_straggler(tmp_path, policy):
+    config = {"world": 2, "steps": [40, 12], "K": 1, "policy": policy, "slow_rank": 1, "delay": 0.03,
+              "timeout": 10.0}
+    if policy == "drop":  # faults from worker 1, each rejected and counted by reason
+        config.update(nan=[1, 3], duplicate=[1, 5], bad_dtype=[1, 7])
+    codes, (r0, r1) = _launch(tmp_path, config)
+    assert codes == [0, 0], (r0.get("traceback"), r1.get("traceback"))
+    counters, histogram = r0["counters"], r0["histogram"]
+    _check_invariants(counters, histogram, max_staleness=1)
+    assert counters["gradients"] == 52 and r0["all_finished"] and r0["finite"]
+    assert r0["snapshot_matches_params"] and r0["snapshot_state_keys"] == [0, 1, 2, 3]
+    assert r0["threads_alive"] == [] and r1["threads_alive"] == []
+    engine_state = r0["snapshot_engine"]
+    assert engine_state["counters"]["applied"] == counters["applied"]
+    assert [o["rank"] for o in engine_state["owners"]] == [0, 1]
+    for owner in engine_state["owners"]:  # each owner's version is the number of updates it applied
+        applied = sum(row[1] for row in owner["counts"])
+        assert owner["version"] == applied == sum(sum(h) for h in owner["hist"])
+    if policy == "wait":
+        assert counters["applied"] == 2 * 52 and counters["rejected"] == 0
+    if policy == "accumulate":
+        assert counters["rejected"] == 0 and counters["deferred"] > 0
+        assert counters["applied"] + counters["deferred"] >= 2 * 52 - 4  # deferred gradients apply later, summed
+    if policy == "drop":
+        assert r1["duplicate_verdict"] == "rejected_duplicate" and counters["rejected_duplicate"] == 1
+        assert r1["bad_dtype_verdict"] == r1["bad_shape_verdict"] == "rejected_schema"
+        assert counters["rejected_schema"] == 2
+        assert counters["rejected_nonfinite"] == 2  # one update per owner
+        assert "rejected_nonfinite" in r1["verdicts"]
+
+
+@pytest.mark.timeout(120)
+def test_crashed_worker_continue_survivors_finish_three_processes(tmp_path):
+    config = {"world": 3, "steps": [30, 30, 30], "K": 1, "policy": "accumulate", "owners": [0, 1],
+              "crash": [2, 4], "on_failure": "continue", "slow_rank": 0, "delay": 0.01, "timeout": 10.0}
+    codes, (r0, r1, r2) = _launch(tmp_path, config)
+    assert codes[:2] == [0, 0] and codes[2] == 3, (r0.get("traceback"), r1.get("traceback"))
+    counters = r0["counters"]
+    _check_invariants(counters, r0["histogram"], max_staleness=1)
+    assert counters["lost"] == 2  # worker 2 held a read at each of the two owners when it died: nothing else lost
+    assert r0["all_finished"] and r0["finite"]
+    assert len(r0["verdicts"]) == len(r1["verdicts"]) == 30
+
+
+@pytest.mark.timeout(120)
+def test_crashed_worker_stop_names_the_rank(tmp_path):
+    config = {"world": 2, "steps": [400, 30], "K": 1, "policy": "wait", "owners": [0], "crash": [1, 4],
+              "on_failure": "stop", "slow_rank": 0, "delay": 0.01, "timeout": 3.0}
+    codes, (r0, _) = _launch(tmp_path, config)
+    assert codes == [1, 3]
+    assert r0["error"] == "WorkerDiedError" and "worker 1 is no longer running" in r0["message"]
+    assert r0["elapsed"] < 400 * 0.01  # stopped early, not after its own steps
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("on_failure", ["stop", "continue"])
+def test_hung_worker_is_detected_by_the_timeout(tmp_path, on_failure):
+    config = {"world": 2, "steps": [150, 30], "K": 0, "policy": "wait", "owners": [0], "hang": [1, 3, 6.0],
+              "on_failure": on_failure, "slow_rank": 0, "delay": 0.02, "timeout": 1.0, "hang_timeout": 2.0}
+    codes, (r0, r1) = _launch(tmp_path, config)
+    if on_failure == "stop":
+        assert codes[0] == 1 and r0["error"] == "WorkerTimeoutError"
+        assert "worker 1" in r0["message"]
+    else:
+        assert codes[0] == 0, r0.get("traceback")
+        assert len(r0["verdicts"]) == 150 and r0["counters"]["lost"] == 1
+        _check_invariants(r0["counters"], r0["histogram"], max_staleness=0)
+        assert codes[1] == 1 and r1["error"] in ("WorkerTimeoutError", "WorkerDiedError")
+
+
+@pytest.mark.timeout(120)
+def test_death_of_an_owner_stops_the_run_with_its_rank(tmp_path):
+    config = {"world": 2, "steps": [200, 30], "K": 1, "policy": "wait", "crash": [1, 4], "on_failure": "continue",
+              "slow_rank": 0, "delay": 0.01, "timeout": 3.0}
+    codes, (r0, _) = _launch(tmp_path, config)
+    assert codes == [1, 3]
+    assert r0["error"] == "WorkerDiedError" and "owner rank 1 (blocks [1, 2, 3])" in r0["message"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.timeout(120)
+def test_torchrun_two_nodes_on_loopback(tmp_path):
+    torchrun = Path(sys.executable).parent / "torchrun"
+    if not torchrun.exists():
+        pytest.skip("torchrun is not installed next to the interpreter")
+    config = {"init": "env", "steps": 20, "K": 1, "policy": "wait", "timeout": 10.0, "out": str(tmp_path)}
+    port = _free_port()
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [
+        subprocess.Popen(
+            [str(torchrun), "--nnodes", "2", "--nproc-per-node", "1", "--node-rank", str(node),
+             "--master-addr", "127.0.0.1", "--master-port", str(port), "--rdzv-backend", "static",
+             "--max-restarts", "0", str(WORKER), json.dumps(config)],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+        )
+        for node in (0, 1)
+    ]
+    try:
+        codes = [p.wait(timeout=90) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, 9)
+                p.wait(timeout=10)
+    assert codes == [0, 0], [p.stderr.read().decode()[-2000:] for p in procs]
+    r0 = json.loads((tmp_path / "rank0.json").read_text())
+    _check_invariants(r0["counters"], r0["histogram"], max_staleness=1)
+    assert r0["counters"]["applied"] == 2 * 2 * 20  # two workers, two owners, 20 steps each
