@@ -135,6 +135,7 @@ class _Authority:
         self.version = 0
         self.block_versions = {b: 0 for b in blocks}
         self.reads: dict[int, int] = {}
+        self.read_queue: list[int] = []  # workers waiting for a read, first come first served
         self.last_seq: dict[int, int] = {}
         p = engine.num_workers
         self.counts = np.zeros((p, len(OWNER_COUNTERS)), dtype=np.int64)
@@ -274,10 +275,15 @@ class _Authority:
             if w in self.reads:  # already holds one: hand back the same version's parameters cannot be done
                 raise AsyncTrainingError(f"worker {w} asked owner rank {self.e.worker} for a second read")
             if mode == wire.READ_TRY:
-                if not self._may_read(w):
+                if self.read_queue or not self._may_read(w):
                     return -1, None
-            else:
-                self.wait_for(w, lambda: self._may_read(w), "take a read")
+            else:  # first come first served: a worker that re-reads at once must not starve a waiting one
+                self.read_queue.append(w)
+                try:
+                    self.wait_for(w, lambda: self.read_queue[0] == w and self._may_read(w), "take a read")
+                finally:
+                    self.read_queue.remove(w)
+                    self.cond.notify_all()
             self.reads[w] = self.version
             return self.version, self.params_out()
 
@@ -318,7 +324,7 @@ class _Authority:
             self.hist[w, min(staleness, self.e._bins - 1)] += 1
             del self.reads[w]
             self.cond.notify_all()
-            if flags & wire.F_WANT_READ and self._may_read(w):
+            if flags & wire.F_WANT_READ and not self.read_queue and self._may_read(w):
                 self.reads[w] = self.version
                 return "applied", self.version, self.params_out()
             return "applied", -1, None

@@ -67,9 +67,9 @@ def main() -> None:
         gen = torch.Generator().manual_seed(rank)
         steps = cfg["steps"][rank] if isinstance(cfg["steps"], list) else cfg["steps"]
         for step in range(steps):
-            if cfg.get("crash") == [rank, step]:
-                os._exit(3)
             engine.begin_step(params)
+            if cfg.get("crash") == [rank, step]:  # holding a read at every owner, mid-step
+                os._exit(3)
             if cfg.get("hang") and cfg["hang"][:2] == [rank, step]:
                 time.sleep(cfg["hang"][2])
             if rank == cfg.get("slow_rank"):
