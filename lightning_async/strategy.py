@@ -72,6 +72,9 @@ class AsyncAdaptiveStrategy(DDPStrategy):
             (each one is rejected before it reaches the optimizer state).
         dynamic_batches: faster workers take more batches from a shared cursor (each sample still once per
             epoch). ``False`` keeps Lightning's static ``DistributedSampler`` split.
+        lock_free: let workers' writes overlap (pure Hogwild!, the paper's model). Off by default: writes are
+            serialised by a lock held only for the optimizer step, because overlapping read-modify-writes of
+            adaptive state (Adam's second moment) can lose an update and blow the step up. Reads never lock.
         print_summary: print the staleness and throughput summary at the end of fit (rank 0).
         start_method: how Lightning launches the workers (``"popen"``, ``"spawn"``, ``"fork"``,
             ``"forkserver"``), as for DDP.
@@ -89,6 +92,7 @@ class AsyncAdaptiveStrategy(DDPStrategy):
         timeout: float = 300.0,
         max_consecutive_nonfinite: int = 5,
         dynamic_batches: bool = True,
+        lock_free: bool = False,
         print_summary: bool = True,
         start_method: Literal["popen", "spawn", "fork", "forkserver"] = "popen",
         process_group_backend: str | None = None,
@@ -124,6 +128,7 @@ class AsyncAdaptiveStrategy(DDPStrategy):
         self.engine_timeout = float(timeout)
         self.max_consecutive_nonfinite = max_consecutive_nonfinite
         self.dynamic_batches = dynamic_batches
+        self.lock_free = lock_free
         self.print_summary = print_summary
         self.engine: SharedMemoryEngine | None = None
         self._local_params: list[torch.nn.Parameter] = []
@@ -240,6 +245,7 @@ class AsyncAdaptiveStrategy(DDPStrategy):
             bound_policy=self.bound_policy,
             timeout=self.engine_timeout,
             max_consecutive_nonfinite=self.max_consecutive_nonfinite,
+            lock_free=self.lock_free,
         )
         engine = SharedMemoryEngine(create=True, **kwargs) if self.global_rank == 0 else None
         self.barrier("lightning_async.engine_created")

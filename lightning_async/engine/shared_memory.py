@@ -6,7 +6,14 @@ This is the paper's computational model (Hogwild!-style): there is no server. Ea
 2. computes a gradient on its private copy;
 3. is *admitted* to apply it (a few integer checks under a short cross-process lock, see
    :mod:`lightning_async.engine.bound`), then runs the optimizer's rule directly on the shared parameters and
-   shared optimizer state, without any lock, while other workers keep computing and writing.
+   shared optimizer state while the other workers keep computing.
+
+Writes: by default (``lock_free=False``) one write at a time holds a write lock for the duration of the
+optimizer step; reads never take it, so a read may still see a write half done (the paper's inconsistent reads).
+With ``lock_free=True`` writes overlap too, exactly Hogwild!. That is safe for SGD-like rules but not for adaptive
+ones: two concurrent read-modify-writes of Adam's second moment can lose one of them while the first moment keeps
+it, and the step ``m / (sqrt(v) + eps)`` then divides by ~``eps`` (observed here: parameters jumping by 1e3 in the
+first updates). Serialising only the writes costs little, since a step is short next to a gradient.
 
 Versions: ``reserved`` counts admitted updates (staleness is measured against it), and a read is labelled with
 the number of updates whose writes have all finished (the *committed* prefix), so a read that overlaps a write
@@ -26,6 +33,7 @@ import math
 import os
 import time
 from collections.abc import Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +67,7 @@ class SharedMemoryEngine(Engine):
         timeout: seconds any single wait may last before it raises :class:`WorkerTimeoutError`.
         max_consecutive_nonfinite: raise :class:`NonFiniteGradientError` after this many non-finite gradients
             in a row from this worker.
+        lock_free: let writes overlap (Hogwild!); see the module docstring for why it is off by default.
     """
 
     def __init__(
@@ -74,8 +83,10 @@ class SharedMemoryEngine(Engine):
         bound_policy: str,
         timeout: float,
         max_consecutive_nonfinite: int = 5,
+        lock_free: bool = False,
     ) -> None:
         self.directory = Path(directory)
+        self.lock_free = lock_free
         self.worker = worker
         self.num_workers = num_workers
         self.params = list(params)
@@ -108,6 +119,7 @@ class SharedMemoryEngine(Engine):
             self._view("writing")[:] = _IDLE
         self.lock = FileLock(d / "control.lock", timeout)
         self.state_lock = FileLock(d / "state.lock", timeout)
+        self.write_lock = FileLock(d / "write.lock", timeout)
         self.shared = [
             map_tensor(d / f"param{i}.bin", tuple(q.shape), q.dtype, create=create) for i, q in enumerate(self.params)
         ]
@@ -292,11 +304,13 @@ class SharedMemoryEngine(Engine):
                 q.grad = None if g is None else (g.mul(scale) if scale is not None else g)
             try:
                 if all(self._attached[i] or pending[i] is None for i in range(len(self.params))):
-                    self._step(staleness)
+                    with nullcontext() if self.lock_free else self.write_lock.hold():
+                        self._step(staleness)
                 else:
                     with self.state_lock.hold():  # the first step of some parameter creates its state
                         self._attach_ready_state()
-                        self._step(staleness)
+                        with nullcontext() if self.lock_free else self.write_lock.hold():
+                            self._step(staleness)
                         self._export_state(i for i in range(len(self.params)) if not self._attached[i])
             finally:
                 for q, (data, grad) in zip(self.params, saved):
@@ -564,6 +578,7 @@ class SharedMemoryEngine(Engine):
     def close(self) -> None:
         self.lock.close()
         self.state_lock.close()
+        self.write_lock.close()
 
 
 def _all_finite(grads: Sequence[torch.Tensor | None]) -> bool:

@@ -218,3 +218,32 @@ def test_a_deferred_gradient_survives_the_caller_zeroing_its_grads_in_place(dire
     assert e0.submit(list(m0.parameters()), 4) == "deferred"
     m0.zero_grad(set_to_none=False)  # in place: must not reach the deferred gradient
     assert all(torch.equal(p, g) for p, g in zip(e0._pending, expected))
+
+
+@pytest.mark.parametrize("lock_free", [False, True])
+def test_writes_hold_the_write_lock_unless_lock_free(directory, lock_free):
+    import fcntl
+    import os
+
+    seen = []
+
+    class Probe(torch.optim.SGD):
+        def step(self, closure=None):
+            fd = os.open(directory / "write.lock", os.O_RDWR)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                seen.append("free")
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            except BlockingIOError:
+                seen.append("held")
+            finally:
+                os.close(fd)
+            return super().step(closure)
+
+    model = _model()
+    params = list(model.parameters())
+    engine = SharedMemoryEngine(directory, 0, 1, params, Probe(params, lr=0.1), create=True, max_staleness=0,
+                                bound_policy="wait", timeout=5.0, lock_free=lock_free)
+    engine.start()
+    assert _grad_step(engine, model, torch.randn(4, 3, dtype=torch.float64)) == "applied"
+    assert seen == (["free"] if lock_free else ["held"])
