@@ -62,17 +62,17 @@ default ``127.0.0.1``), but c10d's TCPStore listens on all interfaces whatever t
 shared machine, launch with a ``file://`` init method or firewall the port; across nodes, set ``MASTER_ADDR`` and
 ``GLOO_SOCKET_IFNAME`` to a private interface. See ``docs/multinode.md``.
 
-**GPU.** CUDA tensors are staged through (pinned) host memory and sent over gloo; the NCCL point-to-point path is
-not implemented and the GPU staging path is untested here (no GPU).
+**GPU.** CUDA tensors are staged through host memory (plain, not yet pinned) and sent over gloo; the NCCL
+point-to-point path is not implemented, and the GPU path is untested here (no GPU; its test skips with a reason).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import datetime
 import json
 import math
-import os
 import threading
 import time
 from collections import defaultdict
@@ -85,7 +85,7 @@ import torch.distributed as dist
 
 from lightning_async.engine import ps_wire as wire
 from lightning_async.engine.base import COUNTERS, Engine, Telemetry
-from lightning_async.engine.bound import StalenessBound, is_feasible
+from lightning_async.engine.bound import StalenessBound
 from lightning_async.errors import AsyncTrainingError, NonFiniteGradientError, WorkerDiedError, WorkerTimeoutError
 
 #: counters kept by each owner, per worker
@@ -654,13 +654,14 @@ class ParameterServerEngine(Engine):
                 return [], f"block {block} appears twice"
             seen.add(block)
             if int(row[wire.R_VERSION]) != m[wire.P_VERSION]:
-                return [], f"block {block} carries base version {int(row[wire.R_VERSION])}, the update {m[wire.P_VERSION]}"
+                return [], f"block {block}: base version {int(row[wire.R_VERSION])} != {m[wire.P_VERSION]}"
             reason = wire.row_matches(row, auth.shadows[block])
             if reason is not None:
                 return [], f"block {block}: {reason}"
             if not wire.payload_fits(m, i):
                 return [], f"block {block}: payload out of bounds"
-            grads.append((block, wire.decode_block(m, i, auth.shadows[block])))
+            grad = wire.decode_block(m, i, auth.shadows[block])
+            grads.append((block, grad.to(auth.shadows[block].device) if auth.shadows[block].is_cuda else grad))
         return grads, None
 
     # ================================================================== client side
@@ -1202,15 +1203,11 @@ class ParameterServerEngine(Engine):
             return
         self._closed = True
         if not self._finished:
-            try:
+            with contextlib.suppress(AsyncTrainingError):
                 self._say_bye()
-            except AsyncTrainingError:
-                pass
         for o in self._client:
-            try:
+            with contextlib.suppress(AsyncTrainingError):
                 self._exchange({o: self._request(o, wire.CLOSE)})
-            except AsyncTrainingError:
-                pass
         auth = self.authority
         limit = self.hang_timeout + self.reply_timeout
         for thread, c in zip(self._threads, self._server):

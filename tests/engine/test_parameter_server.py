@@ -176,7 +176,7 @@ def test_wire_round_trip_and_checks():
     assert not wire.payload_fits(message, 1)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA tensors (staged through pinned host memory over "
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA tensors (staged through host memory over "
                     "gloo) need a GPU; none on this machine")
 def test_cuda_parameters_one_worker():  # pragma: no cover - needs a GPU
     model = _model().cuda()
