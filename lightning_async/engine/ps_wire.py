@@ -266,4 +266,4 @@ def payload_fits(message: Message, i: int) -> bool:
     if code not in CODE_DTYPE or message.payload is None:
         return False
     start, nbytes = int(row[R_OFFSET]), int(row[R_NUMEL]) * _itemsize(CODE_DTYPE[code])
-    return 0 <= start and start % 16 == 0 and nbytes >= 0 and start + nbytes <= message.payload.numel()
+    return start >= 0 and start % 16 == 0 and nbytes >= 0 and start + nbytes <= message.payload.numel()
