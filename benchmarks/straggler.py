@@ -110,7 +110,8 @@ def _run(args: argparse.Namespace, strategy: str, factor: float, devices: int, t
         "--batch-size", str(args.batch_size), "--max-staleness", str(args.max_staleness),
         "--bound-policy", args.bound_policy, "--report-dir", str(report_dir),
     ]
-    env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE")}
+    launch_vars = ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "GROUP_RANK")
+    env = {k: v for k, v in os.environ.items() if k not in launch_vars}
     wall = time.time()
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=args.run_timeout, env=env)
     wall = time.time() - wall

@@ -95,8 +95,11 @@ def _fit(strategy, tmp_path, model_kwargs=None, shuffle=True, **trainer_kwargs) 
 
 
 def _run_script(tmp_path: Path, *args: str, timeout: float = 150.0) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env.pop("LOCAL_RANK", None)
+    # in-process runs of this session leave Lightning's launch variables in os.environ (and their store still
+    # listening on MASTER_PORT): a child must pick its own
+    launch_vars = ("LOCAL_RANK", "NODE_RANK", "GLOBAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "GROUP_RANK")
+    env = {k: v for k, v in os.environ.items() if k not in launch_vars}
+    env["PYTHONUNBUFFERED"] = "1"
     for _ in range(3):
         result = subprocess.run(
             [sys.executable, str(SCRIPT), "--out", str(tmp_path), *args],
