@@ -222,10 +222,7 @@ def _quote(doc: str) -> str:
 
 
 def _is_external_override(cls: type, name: str) -> bool:
-    for base in cls.__mro__[1:]:
-        if name in base.__dict__ and not base.__module__.startswith("lightning_async"):
-            return True
-    return False
+    return any(name in base.__dict__ and not base.__module__.startswith("lightning_async") for base in cls.__mro__[1:])
 
 
 def _class_members(cls: type) -> tuple[list[str], list[str]]:

@@ -81,7 +81,9 @@ def _is_recipe(data: object) -> bool:
 def test_code_block_runs(block: Block, tmp_path: Path) -> None:
     if "skip" in block.markers:
         reason = block.markers["skip"].strip()
-        assert re.fullmatch(r"\(.+\)", reason), f"{block.id}: a skip marker needs a reason: <!-- docs-test: skip (why) -->"
+        assert re.fullmatch(r"\(.+\)", reason), (
+            f"{block.id}: a skip marker needs a reason: <!-- docs-test: skip (why) -->"
+        )
         pytest.skip(f"{block.id}: {reason[1:-1]}")
     assert block.lang in RUNNABLE, (
         f"{block.id}: the block has no language the docs test knows ({block.lang!r}). Tag it python, bash, console "
@@ -102,13 +104,19 @@ def test_code_block_runs(block: Block, tmp_path: Path) -> None:
         if _is_recipe(data):
             config = cwd / "docs_block.yaml"
             config.write_text(block.text)
-            proc = _run([sys.executable, "-m", "lightning_async.cli", "fit", "--config", str(config), "--print_config"],
-                        cwd, block)
+            proc = _run(
+                [sys.executable, "-m", "lightning_async.cli", "fit", "--config", str(config), "--print_config"],
+                cwd,
+                block,
+            )
             assert "trainer:" in proc.stdout
 
 
-@pytest.mark.parametrize("block", [b for b in BLOCKS if b.lang in NOT_CODE and not b.generated],
-                         ids=[b.id for b in BLOCKS if b.lang in NOT_CODE and not b.generated])
+@pytest.mark.parametrize(
+    "block",
+    [b for b in BLOCKS if b.lang in NOT_CODE and not b.generated],
+    ids=[b.id for b in BLOCKS if b.lang in NOT_CODE and not b.generated],
+)
 def test_text_blocks_hold_no_commands(block: Block) -> None:
     """A ``text`` block is not run, so it must not hide a command that a reader would copy."""
     commands = looks_like_commands(block.text)
@@ -140,9 +148,17 @@ def test_api_doc_is_up_to_date() -> None:
 def test_api_doc_covers_every_public_name() -> None:
     gen = _gen_api_doc()
     text = (REPO / "docs" / "api.md").read_text()
-    required = {"lightning_async", "lightning_async.optim", "lightning_async.engine", "lightning_async.testing",
-                "lightning_async.callbacks", "lightning_async.accelerate", "lightning_async.models",
-                "lightning_async.data", "lightning_async.sim"}
+    required = {
+        "lightning_async",
+        "lightning_async.optim",
+        "lightning_async.engine",
+        "lightning_async.testing",
+        "lightning_async.callbacks",
+        "lightning_async.accelerate",
+        "lightning_async.models",
+        "lightning_async.data",
+        "lightning_async.sim",
+    }
     listed = {name for name, _ in gen.MODULES}
     assert required <= listed, f"modules missing from scripts/gen_api_doc.py MODULES: {required - listed}"
     missing = [
@@ -158,7 +174,9 @@ def test_api_doc_covers_every_public_name() -> None:
     sim_dir = Path(lightning_async.sim.__file__).parent
     for path in sim_dir.glob("*.py"):
         if not path.stem.startswith("_"):
-            assert f"lightning_async.sim.{path.stem}" in listed, f"lightning_async.sim.{path.stem} is not in the reference"
+            assert f"lightning_async.sim.{path.stem}" in listed, (
+                f"lightning_async.sim.{path.stem} is not in the reference"
+            )
 
 
 def test_index_links_every_page() -> None:

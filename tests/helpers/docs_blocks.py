@@ -63,7 +63,9 @@ def parse_blocks(path: Path) -> list[Block]:
         start = i
         body: list[str] = []
         i += 1
-        while i < len(lines) and not (lines[i].strip().startswith(fence[0] * len(fence)) and not lines[i].strip(fence[0]).strip()):
+        while i < len(lines) and not (
+            lines[i].strip().startswith(fence[0] * len(fence)) and not lines[i].strip(fence[0]).strip()
+        ):
             body.append(lines[i][len(indent) :] if lines[i].startswith(indent) else lines[i])
             i += 1
         i += 1  # the closing fence
