@@ -36,8 +36,9 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader, DistributedSampler, IterableDataset, RandomSampler
 from typing_extensions import override
 
-from lightning_async.engine.base import Telemetry
+from lightning_async.engine.base import Engine, Telemetry
 from lightning_async.engine.bound import BOUND_POLICIES, validate_bound_policy, validate_max_staleness
+from lightning_async.engine.parameter_server import ParameterServerEngine
 from lightning_async.engine.shared_memory import SharedMemoryEngine
 from lightning_async.engine.shm import remove_stale_runs, run_directory
 from lightning_async.engine_optimizer import EngineOptimizer
@@ -46,7 +47,7 @@ from lightning_async.schedulers import GlobalProgressScheduler
 
 #: precisions whose gradients reach ``optimizer.step`` unscaled and whose optimizer step is never skipped
 SUPPORTED_PRECISIONS = ("32-true", "32", "64-true", "64", "bf16-mixed", "bf16-true", "bf16")
-ENGINES = ("shared_memory",)
+ENGINES = ("shared_memory", "parameter_server")
 _STATE_KEY = "lightning_async"
 
 
@@ -65,7 +66,9 @@ class AsyncAdaptiveStrategy(DDPStrategy):
             ``"accumulate"`` (default: keep computing on the same parameters and sum gradients until it may
             apply; no work is lost and no worker idles), ``"wait"`` (idle until it may apply), or ``"drop"``
             (apply whenever; updates that arrive too stale are discarded and counted).
-        engine: where the authoritative state lives. ``"shared_memory"``: one node, lock-free writes.
+        engine: where the authoritative state lives. ``"shared_memory"`` (default): one node, parameters and
+            optimizer state in shared memory, no server. ``"parameter_server"``: any number of nodes; parameter
+            blocks and their optimizer state are owned by the ranks, over ``torch.distributed`` point-to-point.
         timeout: seconds any single wait (for a peer, for the bound, for a collective) may last before the run
             stops with an error naming the worker it waited for.
         max_consecutive_nonfinite: a worker whose gradients are non-finite this many times in a row stops the run
@@ -88,7 +91,7 @@ class AsyncAdaptiveStrategy(DDPStrategy):
         self,
         max_staleness: int | None = 4,
         bound_policy: Literal["accumulate", "wait", "drop"] = "accumulate",
-        engine: Literal["shared_memory"] = "shared_memory",
+        engine: Literal["shared_memory", "parameter_server"] = "shared_memory",
         timeout: float = 300.0,
         max_consecutive_nonfinite: int = 5,
         dynamic_batches: bool = True,
@@ -130,7 +133,7 @@ class AsyncAdaptiveStrategy(DDPStrategy):
         self.dynamic_batches = dynamic_batches
         self.lock_free = lock_free
         self.print_summary = print_summary
-        self.engine: SharedMemoryEngine | None = None
+        self.engine: Any = None  # SharedMemoryEngine or ParameterServerEngine, created at setup
         self._local_params: list[torch.nn.Parameter] = []
         self._batch_samples = 0
         self._in_training_step = False
@@ -183,10 +186,10 @@ class AsyncAdaptiveStrategy(DDPStrategy):
                 "optimizer steps on overflow per worker. Use precision='bf16-mixed' (same memory and speed benefits, "
                 "no scaler) or '32-true'."
             )
-        if self.num_nodes > 1:
+        if self.num_nodes > 1 and self.engine_name == "shared_memory":
             raise ValueError(
-                f"engine='shared_memory' runs on one node, but num_nodes={self.num_nodes}. Use one node "
-                "(Trainer(num_nodes=1))."
+                f"engine='shared_memory' runs on one node, but num_nodes={self.num_nodes}. Use "
+                "AsyncAdaptiveStrategy(engine='parameter_server') across nodes, or Trainer(num_nodes=1)."
             )
         if self.world_size > 1:
             for callback in trainer.checkpoint_callbacks:
@@ -222,18 +225,37 @@ class AsyncAdaptiveStrategy(DDPStrategy):
             )
         self._local_params = _ordered_params(optimizer)
         self.engine = self._create_engine(optimizer)
-        self.optimizers = [EngineOptimizer(optimizer, self.engine, self._local_params, lambda: self._batch_samples)]
+        self.optimizers = [EngineOptimizer(optimizer, self.engine, self._local_params, self._take_samples)]
         for config in self.lr_scheduler_configs:
             if config.interval == "step" and config.monitor is None:
                 config.scheduler = GlobalProgressScheduler(config.scheduler, self.engine)  # type: ignore[assignment]
 
-    def _create_engine(self, optimizer: torch.optim.Optimizer) -> SharedMemoryEngine:
+    def _take_samples(self) -> int:
+        """Samples in the micro-batches since the last optimizer step (then start counting again)."""
+        samples, self._batch_samples = self._batch_samples, 0
+        return samples
+
+    def _create_engine(self, optimizer: torch.optim.Optimizer) -> Engine:
         token = torch.zeros(1, dtype=torch.int64)
         if self.global_rank == 0:
-            remove_stale_runs()
+            if self.engine_name == "shared_memory":
+                remove_stale_runs()
             token[0] = secrets.randbits(62)
         if dist.is_available() and dist.is_initialized():
             dist.broadcast(token, src=0)
+        if self.engine_name == "parameter_server":
+            # built collectively on every rank (it creates its process groups in the same order everywhere)
+            return ParameterServerEngine(
+                worker=self.global_rank,
+                num_workers=self.world_size,
+                params=self._local_params,
+                optimizer=optimizer,
+                max_staleness=self.max_staleness,
+                bound_policy=self.bound_policy,
+                timeout=self.engine_timeout,
+                max_consecutive_nonfinite=self.max_consecutive_nonfinite,
+                namespace=f"lightning_async/ps/{int(token[0]):016x}",
+            )
         directory = run_directory(int(token[0]))
         kwargs = dict(
             directory=directory,
@@ -307,7 +329,7 @@ class AsyncAdaptiveStrategy(DDPStrategy):
     @override
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         super().on_train_batch_start(batch, batch_idx)
-        self._batch_samples = _batch_size(batch)
+        self._batch_samples += _batch_size(batch)  # summed over accumulate_grad_batches micro-batches
         if self.engine is not None:
             self.engine.begin_step(self._local_params)
 
@@ -398,7 +420,7 @@ class AsyncAdaptiveStrategy(DDPStrategy):
         engine, self.engine = self.engine, None
         if engine is not None:
             engine.close()
-            if self.is_global_zero:
+            if self.is_global_zero and isinstance(engine, SharedMemoryEngine):
                 engine.wait_for_workers(self.engine_timeout)
                 shutil.rmtree(engine.directory, ignore_errors=True)
         self.optimizers = [o.optimizer if isinstance(o, EngineOptimizer) else o for o in self.optimizers]
@@ -412,7 +434,7 @@ class _EngineLifecycle(Callback):
         self.strategy = strategy
 
     @property
-    def engine(self) -> SharedMemoryEngine | None:
+    def engine(self) -> Any:
         return self.strategy.engine
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:

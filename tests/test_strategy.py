@@ -167,6 +167,12 @@ def test_one_worker_max_staleness_zero_equals_plain_lightning_bit_for_bit(tmp_pa
     assert trainer.strategy.telemetry.staleness_histogram[0] == trainer.strategy.telemetry.counters["applied"]
 
 
+def test_samples_count_every_micro_batch_of_an_accumulated_step(tmp_path):
+    _, trainer = _fit(AsyncAdaptiveStrategy(), tmp_path, accumulate_grad_batches=2, max_epochs=2)
+    counters = trainer.strategy.telemetry.counters
+    assert counters["samples"] == 2 * 96 and counters["applied"] == 2 * 96 // 16
+
+
 def test_manual_optimization_applies_every_step(tmp_path):
     model, trainer = _fit(AsyncAdaptiveStrategy(), tmp_path, model_kwargs={"manual": True}, max_epochs=2)
     assert trainer.strategy.telemetry.counters["applied"] == 2 * 96 // 8

@@ -77,6 +77,8 @@ def main() -> None:
     parser.add_argument("--fault", default=None, help="JSON kwargs of FaultInjector")
     parser.add_argument("--optimizer", default="torch.optim.Adam", help="dotted path of the optimizer class")
     parser.add_argument("--lr", type=float, default=0.01)
+    parser.add_argument("--engine", default="shared_memory")
+    parser.add_argument("--num-nodes", type=int, default=1)
     args = parser.parse_args()
 
     torch.manual_seed(0)
@@ -90,9 +92,10 @@ def main() -> None:
         bound_policy=args.bound_policy,
         timeout=args.timeout,
         max_consecutive_nonfinite=args.max_consecutive_nonfinite,
+        engine=args.engine,
     )
     trainer = L.Trainer(
-        accelerator="cpu", devices=args.devices, strategy=strategy, max_epochs=args.epochs, callbacks=callbacks,
+        accelerator="cpu", devices=args.devices, num_nodes=args.num_nodes, strategy=strategy, max_epochs=args.epochs, callbacks=callbacks,
         logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
         default_root_dir=str(args.out),
     )
