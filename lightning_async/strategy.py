@@ -138,6 +138,7 @@ class AsyncAdaptiveStrategy(DDPStrategy):
         self._batch_samples = 0
         self._in_training_step = False
         self._snapshot: dict[str, Any] | None = None
+        self._failure: BaseException | None = None
         #: the staleness and throughput summary of the last fit (rank 0), see :class:`Telemetry`
         self.telemetry: Telemetry | None = None
 
@@ -397,6 +398,7 @@ class AsyncAdaptiveStrategy(DDPStrategy):
     def on_exception(self, exception: BaseException) -> None:
         # Lightning kills popen children only on KeyboardInterrupt; an asynchronous peer would otherwise keep
         # training (or stay hung) after rank 0 failed. Nothing is left running.
+        self._failure = exception
         launcher = self._launcher
         if isinstance(launcher, _SubprocessScriptLauncher) and self.is_global_zero and launcher.procs:
             peers = f" Peers: {self.engine.describe_peers()}." if self.engine is not None else ""
@@ -418,7 +420,12 @@ class AsyncAdaptiveStrategy(DDPStrategy):
     @override
     def teardown(self) -> None:
         engine, self.engine = self.engine, None
+        failure, self._failure = self._failure, None
         if engine is not None:
+            if failure is not None and isinstance(engine, ParameterServerEngine):
+                # a normal close serves the peers until they close too; after a failure here that would keep this
+                # process (and its error, printed only after teardown) silent while the peers wait on it
+                engine.abort(f"{type(failure).__name__}: {failure}")
             engine.close()
             if self.is_global_zero and isinstance(engine, SharedMemoryEngine):
                 engine.wait_for_workers(self.engine_timeout)

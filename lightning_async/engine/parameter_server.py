@@ -813,6 +813,10 @@ class ParameterServerEngine(Engine):
                 )
         else:
             self._nonfinite_streak = 0
+        if "applied" in verdicts.values():
+            # the user's optimizer never steps (its owners' copies do): tell an LR scheduler watching it that an
+            # update was made, as torch's own step wrapper would (else it warns that the scheduler stepped first)
+            self.optimizer._opt_called = True  # type: ignore[attr-defined]
         self._busy_seconds += time.perf_counter() - start
         values = set(verdicts.values())
         if len(values) == 1:
@@ -1216,6 +1220,25 @@ class ParameterServerEngine(Engine):
                 if auth is not None and time.time() - auth.last_seen[c] > limit:
                     break
 
+    def abort(self, reason: str) -> None:
+        """Stop at once after a failure of this process (no goodbye, no serving peers until they close).
+
+        The owner's blocks are marked failed, so a peer's request still being served answers with a
+        :class:`WorkerDiedError` naming this rank and ``reason``; once the process exits, its connections close and
+        every peer's next exchange with it fails naming it. Idempotent; :meth:`close` afterwards does nothing."""
+        if self._closed:
+            return
+        self._closed = True
+        auth = self.authority
+        if auth is not None:
+            with auth.cond:
+                if auth.failed is None:
+                    auth.failed = WorkerDiedError(
+                        f"owner rank {self.worker} stopped ({reason}); the run stops, because the state it owned is "
+                        "lost. Resume with Trainer.fit(..., ckpt_path='last')."
+                    )
+                auth.cond.notify_all()
+
     # ------------------------------------------------------------------ fault injection (tests)
     def _debug_resend(self, owner: int) -> str:
         """Send the last PUSH to remote ``owner`` again, byte for byte (a duplicate); return its verdict."""
@@ -1295,7 +1318,13 @@ def _restricted_optimizer(
     its own. Returns it and, for each of its groups, the index of the user's group it mirrors."""
     block_of = {id(p): i for i, p in enumerate(params)}
     restricted = object.__new__(type(optimizer))
-    restricted.__dict__.update(optimizer.__dict__)
+    # instance attributes that override a method are wrappers bound to the user's object (an LR scheduler patches
+    # ``optimizer.step`` with one that calls the *user's* step through a weakref): copying them would make every
+    # owner step the user's optimizer, i.e. the worker's live local parameters, instead of the owned blocks
+    cls = type(optimizer)
+    restricted.__dict__.update(
+        {k: v for k, v in optimizer.__dict__.items() if not (callable(v) and callable(getattr(cls, k, None)))}
+    )
     restricted.state = defaultdict(dict)
     groups, group_of = [], []
     for gi, group in enumerate(optimizer.param_groups):

@@ -340,3 +340,21 @@ def test_torchrun_two_nodes_on_loopback(tmp_path):
     r0 = json.loads((tmp_path / "rank0.json").read_text())
     _check_invariants(r0["counters"], r0["histogram"], max_staleness=1)
     assert r0["counters"]["applied"] == 2 * 2 * 20  # two workers, two owners, 20 steps each
+
+
+def test_the_owners_optimizer_never_steps_the_users_parameters_under_an_lr_scheduler():
+    """An LR scheduler patches ``optimizer.step`` with a wrapper bound to the user's optimizer; an owner's copy must
+    not inherit it (it stepped the worker's live local parameters from a server thread mid-backward)."""
+    from lightning_async.engine.parameter_server import _restricted_optimizer
+
+    local = [torch.nn.Parameter(torch.ones(3))]
+    optimizer = torch.optim.Adam(local, lr=0.1)
+    torch.optim.lr_scheduler.StepLR(optimizer, step_size=5)
+    shadows = {0: torch.nn.Parameter(torch.ones(3))}
+    restricted, _ = _restricted_optimizer(optimizer, local, shadows)
+    local[0].grad = torch.ones(3)
+    shadows[0].grad = torch.ones(3)
+    restricted.step()
+    assert torch.equal(local[0].detach(), torch.ones(3))
+    assert torch.allclose(shadows[0].detach(), torch.full((3,), 0.9))
+    assert not optimizer.state and restricted.state
