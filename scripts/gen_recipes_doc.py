@@ -33,12 +33,13 @@ Ready-made LightningCLI configurations for the `lightning-async` command. Each m
 method variant. A delta changes only `model.optimizer`, except `ddp.yaml`, which changes only the strategy.
 Compose them with repeated `--config` (later files win), and override anything on the command line:
 
+<!-- docs-test: args --trainer.max_epochs=1 --trainer.devices=2 -->
 ```bash
 lightning-async fit --config recipes/digits_mlp/base.yaml --config recipes/digits_mlp/adagrad.yaml
 lightning-async fit --config recipes/digits_mlp/base.yaml --config recipes/digits_mlp/adagrad.yaml \\
     --trainer.devices=4 --trainer.strategy.init_args.max_staleness=8 --model.optimizer.init_args.lr=0.1
 lightning-async fit --config recipes/digits_mlp/base.yaml --config recipes/digits_mlp/adagrad.yaml --print_config
-python -m lightning_async.cli fit --config ...     # the same command without the console script
+python -m lightning_async.cli fit --config recipes/digits_mlp/base.yaml   # the same, without the console script
 ```
 
 - **Async runs** use `trainer.strategy: lightning_async.AsyncAdaptiveStrategy` with `max_staleness: 4` and
