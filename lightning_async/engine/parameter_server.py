@@ -1118,7 +1118,14 @@ class ParameterServerEngine(Engine):
         self.optimizer.state.clear()
 
     def attach_state(self) -> None:
-        """Nothing to do: :meth:`adopt_optimizer_state` already placed the state on its owners."""
+        """After another rank ran :meth:`load_snapshot`: learn every owner's restored version (one round trip per
+        owner), so that :attr:`version` (global progress, e.g. for an LR schedule) is right before the first step.
+        The state itself was already placed on its owners by :meth:`adopt_optimizer_state`."""
+        self._local_failed()
+        parts = self._gather(wire.TELEMETRY)
+        for o in self.owner_ranks:
+            if o in parts:
+                self._owner_versions[o] = int(parts[o]["version"])
 
     # ------------------------------------------------------------------ telemetry
     def _combine(self, parts: list[dict[str, Any]]) -> Telemetry:

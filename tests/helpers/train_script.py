@@ -15,6 +15,7 @@ from pathlib import Path
 import lightning as L
 import torch
 import torchmetrics
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from torch.utils.data import DataLoader, TensorDataset
 
 import lightning_async
@@ -56,6 +57,18 @@ class Regression(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
+class CrashAt(Callback):
+    """``os._exit(1)`` on ``rank`` at batch ``batch`` of epoch ``epoch`` (keyed on the epoch, unlike FaultInjector,
+    so that a checkpoint of the earlier epochs exists whatever the workers' speeds)."""
+
+    def __init__(self, rank: int, epoch: int, batch: int) -> None:
+        self.rank, self.epoch, self.batch = rank, epoch, batch
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_rank == self.rank and trainer.current_epoch == self.epoch and batch_idx == self.batch:
+            os._exit(1)
+
+
 def dataset(n: int = 1024) -> TensorDataset:
     g = torch.Generator().manual_seed(0)
     x = torch.randn(n, 8, generator=g)
@@ -79,6 +92,10 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=0.01)
     parser.add_argument("--engine", default="shared_memory")
     parser.add_argument("--num-nodes", type=int, default=1)
+    parser.add_argument("--samples", type=int, default=1024)
+    parser.add_argument("--checkpoint-dir", type=Path, default=None, help="save last.ckpt at every epoch end")
+    parser.add_argument("--ckpt-path", default=None, help="Trainer.fit(ckpt_path=...), e.g. 'last'")
+    parser.add_argument("--crash-at", default=None, help="RANK,EPOCH,BATCH: os._exit(1) there")
     args = parser.parse_args()
 
     torch.manual_seed(0)
@@ -87,6 +104,10 @@ def main() -> None:
         callbacks.append(Slowdown(ranks=args.slow_rank, factor=args.factor))
     if args.fault:
         callbacks.append(FaultInjector(**json.loads(args.fault)))
+    if args.crash_at:
+        callbacks.append(CrashAt(*(int(v) for v in args.crash_at.split(","))))
+    if args.checkpoint_dir is not None:
+        callbacks.append(ModelCheckpoint(dirpath=args.checkpoint_dir, save_last=True, every_n_epochs=1, save_top_k=-1))
     strategy = lightning_async.AsyncAdaptiveStrategy(
         max_staleness=args.max_staleness,
         bound_policy=args.bound_policy,
@@ -95,13 +116,17 @@ def main() -> None:
         engine=args.engine,
     )
     trainer = L.Trainer(
-        accelerator="cpu", devices=args.devices, num_nodes=args.num_nodes, strategy=strategy, max_epochs=args.epochs, callbacks=callbacks,
-        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        accelerator="cpu", devices=args.devices, num_nodes=args.num_nodes, strategy=strategy, max_epochs=args.epochs,
+        callbacks=callbacks,
+        logger=False, enable_checkpointing=args.checkpoint_dir is not None, enable_progress_bar=False,
+        enable_model_summary=False,
         default_root_dir=str(args.out),
     )
     model = Regression(lr=args.lr, optimizer=args.optimizer)
-    data = dataset()
-    trainer.fit(model, DataLoader(data, batch_size=16, shuffle=True), DataLoader(data, batch_size=64))
+    data = dataset(args.samples)
+    trainer.fit(
+        model, DataLoader(data, batch_size=16, shuffle=True), DataLoader(data, batch_size=64), ckpt_path=args.ckpt_path
+    )
     report = {
         "pid": os.getpid(),
         "seen": model.seen,
@@ -116,6 +141,7 @@ def main() -> None:
             "counters": telemetry.counters,
             "histogram": telemetry.staleness_histogram,
             "per_worker": telemetry.per_worker,
+            "version": telemetry.version,
         }
     (args.out / f"rank{trainer.global_rank}.json").write_text(json.dumps(report))
 

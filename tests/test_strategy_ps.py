@@ -1,0 +1,254 @@
+"""``AsyncAdaptiveStrategy(engine="parameter_server")`` end to end through Lightning.
+
+The one-worker equality runs in-process. Multi-worker runs launch ``tests/helpers/train_script.py`` in their own
+processes: 2 workers on one node (Lightning's popen launcher), 2 "nodes" x 1 process on loopback launched by
+``torchrun --nnodes 2`` (Lightning sees a torchelastic environment) and by Lightning itself with ``num_nodes=2``
+(the script started twice with ``NODE_RANK=0/1``). Assertions are on counters, records and exit codes, never on
+timing. Every child gets a scrubbed environment (no inherited Lightning launch variables) and a bounded wait.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+import pytest
+import torch
+
+from lightning_async import AsyncAdaptiveStrategy
+from tests.test_strategy import N_SAMPLES, _fit, _no_process_left, _reports, _run_script
+
+SCRIPT = Path(__file__).parent / "helpers" / "train_script.py"
+LAUNCH_VARS = (
+    "LOCAL_RANK", "NODE_RANK", "GLOBAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "GROUP_RANK", "RANK",
+    "LOCAL_WORLD_SIZE", "TORCHELASTIC_RUN_ID",
+)
+PS = ("--engine", "parameter_server")
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARS}
+    env.update(PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", **extra)
+    return env
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _port_in_use(port: int) -> bool:
+    return any(
+        c.laddr and c.laddr.port == port and c.status == psutil.CONN_LISTEN for c in psutil.net_connections("tcp")
+    )
+
+
+def _launch_nodes(tmp_path: Path, command: list[list[str]], timeout: float) -> tuple[list[int], list[str]]:
+    """Start one process per "node" (each in its own session), wait for all (bounded), kill what is left."""
+    procs = [
+        subprocess.Popen(cmd, cwd=str(tmp_path), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         text=True, start_new_session=True)
+        for cmd, env in command  # type: ignore[misc]
+    ]
+    outputs = []
+    try:
+        for p in procs:
+            outputs.append(p.communicate(timeout=timeout)[0])
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait(timeout=10)
+    return [p.returncode for p in procs], outputs
+
+
+def _lightning_two_nodes(tmp_path: Path, *args: str, timeout: float = 90.0) -> tuple[list[int], list[str], int]:
+    """The script twice, NODE_RANK=0/1, Trainer(num_nodes=2, devices=1), on loopback."""
+    for _ in range(3):
+        port = _free_port()
+        cmds = [
+            ([sys.executable, str(SCRIPT), "--out", str(tmp_path), *PS, "--num-nodes", "2", "--devices", "1", *args],
+             _env(NODE_RANK=str(node), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)))
+            for node in (0, 1)
+        ]
+        codes, outputs = _launch_nodes(tmp_path, cmds, timeout)
+        if "address already in use" not in "".join(outputs).lower():
+            return codes, outputs, port
+    return codes, outputs, port
+
+
+def _assert_counters(telemetry: dict, max_staleness: int) -> None:
+    c = telemetry["counters"]
+    rejected = sum(v for k, v in c.items() if k.startswith("rejected_"))
+    assert c["applied"] + rejected == c["received"]
+    hist = telemetry["histogram"]
+    assert sum(hist) == c["applied"]
+    assert all(n == 0 for s, n in enumerate(hist) if s > max_staleness), hist
+
+
+def _each_sample_once(r0: dict, r1: dict, epoch: str, n: int = N_SAMPLES) -> None:
+    seen = r0["seen"].get(epoch, []) + r1["seen"].get(epoch, [])
+    assert sorted(seen) == list(range(n)), f"epoch {epoch}: each sample exactly once"
+
+
+# ---------------------------------------------------------------------------------------------- one worker
+@pytest.mark.timeout(60)
+def test_one_worker_max_staleness_zero_equals_the_shared_memory_engine_bit_for_bit(tmp_path):
+    common = dict(precision="64-true", gradient_clip_val=0.5, accumulate_grad_batches=2, max_epochs=2)
+    shared, t_shared = _fit(AsyncAdaptiveStrategy(max_staleness=0, bound_policy="wait"), tmp_path / "shm", **common)
+    strategy = AsyncAdaptiveStrategy(max_staleness=0, bound_policy="wait", engine="parameter_server")
+    ps, t_ps = _fit(strategy, tmp_path / "ps", **common)
+    for (name, p), q in zip(shared.named_parameters(), ps.parameters()):
+        assert p.dtype == torch.float64
+        assert torch.equal(p, q), name
+    a, b = t_shared.strategy.telemetry, t_ps.strategy.telemetry
+    assert a.counters["applied"] == b.counters["applied"] == 2 * 96 // 16
+    assert b.staleness_histogram[0] == b.counters["applied"] and b.counters["samples"] == 2 * 96
+    # the step scheduler followed the same global progress
+    assert t_shared.lr_scheduler_configs[0].scheduler.last_epoch == t_ps.lr_scheduler_configs[0].scheduler.last_epoch
+
+
+# ---------------------------------------------------------------------------------------------- one node, 2 workers
+@pytest.mark.timeout(120)
+def test_two_workers_on_one_node_train_use_every_sample_once_and_sync_metrics(tmp_path):
+    result = _run_script(tmp_path, *PS, "--epochs", "2", "--max-staleness", "4", "--bound-policy", "wait",
+                         timeout=100)
+    assert result.returncode == 0, result.stderr[-3000:]
+    r0, r1 = _reports(tmp_path)
+    for epoch in ("0", "1"):
+        _each_sample_once(r0, r1, epoch)
+    assert r0["metrics"]["val_mse"] == pytest.approx(r1["metrics"]["val_mse"])  # epoch-end collectives work
+    assert r0["epoch_losses"][-1] < r0["epoch_losses"][0]
+    assert not r0["non_finite"] and not r1["non_finite"]
+    telemetry = r0["telemetry"]
+    _assert_counters(telemetry, 4)
+    c = telemetry["counters"]
+    steps = r0["steps"] + r1["steps"]
+    assert c["gradients"] == steps == 2 * N_SAMPLES // 16
+    assert c["samples"] == 2 * N_SAMPLES  # counted once (by the first owner)
+    assert c["applied"] == 2 * steps and c["rejected"] == 0  # "wait": every gradient applied at both owners
+    assert _no_process_left(tmp_path)
+
+
+@pytest.mark.timeout(150)
+@pytest.mark.parametrize("policy", ["accumulate", "wait", "drop"])
+def test_the_bound_holds_under_a_straggler(tmp_path, policy):
+    n = 512
+    result = _run_script(
+        tmp_path, *PS, "--epochs", "1", "--samples", str(n), "--max-staleness", "1", "--bound-policy", policy,
+        "--slow-rank", "1", "--factor", "3", timeout=100,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    r0, r1 = _reports(tmp_path)
+    _each_sample_once(r0, r1, "0", n)
+    telemetry = r0["telemetry"]
+    _assert_counters(telemetry, 1)
+    c = telemetry["counters"]
+    steps = r0["steps"] + r1["steps"]
+    assert steps == n // 16 == c["gradients"]
+    if policy == "drop":
+        assert c["deferred"] == 0 and c["received"] == 2 * steps  # every gradient offered once to each owner
+        assert c["samples"] % 16 == 0 and c["samples"] + 16 * c["rejected_stale"] >= n
+    else:
+        assert c["samples"] == n and c["rejected_stale"] == 0  # no work lost
+    if policy == "wait":
+        assert c["applied"] == 2 * steps and c["deferred"] == 0
+
+
+# ---------------------------------------------------------------------------------------------- faults
+@pytest.mark.timeout(120)
+def test_a_nan_gradient_is_rejected_at_every_owner_and_counted(tmp_path):
+    fault = json.dumps({"fault": "nan", "ranks": 1, "steps": 3})
+    result = _run_script(tmp_path, *PS, "--epochs", "1", "--samples", "512", "--fault", fault, timeout=100)
+    assert result.returncode == 0, result.stderr[-3000:]
+    r0, r1 = _reports(tmp_path)
+    c = r0["telemetry"]["counters"]
+    assert c["rejected_nonfinite"] == 2  # one update per owner (ranks 0 and 1), neither reached optimizer state
+    assert c["samples"] == 512 - 16
+    assert not r0["non_finite"] and not r1["non_finite"]
+    _assert_counters(r0["telemetry"], 4)
+
+
+@pytest.mark.timeout(120)
+def test_a_hung_owner_ends_the_run_within_the_timeout_naming_it(tmp_path):
+    fault = json.dumps({"fault": "hang", "ranks": 1, "steps": 5, "seconds": 600})
+    result = _run_script(
+        tmp_path, *PS, "--epochs", "1", "--fault", fault, "--bound-policy", "wait", "--max-staleness", "1",
+        "--timeout", "4", timeout=100,
+    )
+    assert result.returncode != 0
+    assert "WorkerTimeoutError" in result.stderr and "worker 1 holds read version" in result.stderr
+    assert "worker 0 stops the run" in result.stderr
+    assert _no_process_left(tmp_path)
+
+
+@pytest.mark.timeout(120)
+def test_a_crashed_owner_on_one_node_stops_the_run_naming_it(tmp_path):
+    result = _run_script(tmp_path, *PS, "--epochs", "1", "--crash-at", "1,0,3", "--timeout", "20", timeout=100)
+    assert result.returncode != 0
+    assert "owner rank 1" in result.stderr and "WorkerDiedError" in result.stderr
+    assert _no_process_left(tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------- two "nodes"
+@pytest.mark.timeout(200)
+def test_two_nodes_through_lightning_crash_of_an_owner_then_resume_from_last(tmp_path):
+    """num_nodes=2: rank 1 (an owner) dies in epoch 1; rank 0 stops naming it; fit(ckpt_path="last") resumes from
+    the epoch-0 checkpoint and finishes with every counter continued."""
+    ckpt = tmp_path / "ckpt"
+    common = ("--epochs", "2", "--bound-policy", "wait", "--timeout", "20", "--checkpoint-dir", str(ckpt))
+    codes, outputs, port = _lightning_two_nodes(tmp_path, *common, "--crash-at", "1,1,2")
+    assert codes == [1, 1], outputs[0][-3000:]
+    assert "WorkerDiedError" in outputs[0] and "owner rank 1" in outputs[0], outputs[0][-3000:]
+    saved = torch.load(ckpt / "last.ckpt", weights_only=True)
+    assert saved["epoch"] == 0
+    engine_state = saved["optimizer_states"][0]["lightning_async"]
+    assert engine_state["kind"] == "parameter_server"
+    assert engine_state["counters"]["samples"] == N_SAMPLES
+    assert engine_state["counters"]["applied"] == 2 * N_SAMPLES // 16  # one epoch, both owners, "wait"
+    assert not _port_in_use(port) and _no_process_left(tmp_path)
+
+    codes, outputs, port = _lightning_two_nodes(tmp_path, *common, "--ckpt-path", "last")
+    assert codes == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+    r0, r1 = _reports(tmp_path)
+    assert set(r0["seen"]) | set(r1["seen"]) == {"1"}  # resumed at epoch 1
+    _each_sample_once(r0, r1, "1")
+    assert r0["metrics"]["val_mse"] == pytest.approx(r1["metrics"]["val_mse"])
+    telemetry = r0["telemetry"]
+    _assert_counters(telemetry, 4)
+    c = telemetry["counters"]
+    assert c["samples"] == 2 * N_SAMPLES and c["applied"] == 2 * 2 * N_SAMPLES // 16  # continued, not restarted
+    assert telemetry["version"] == 2 * N_SAMPLES // 16
+    assert not _port_in_use(port) and _no_process_left(tmp_path)
+
+
+@pytest.mark.timeout(120)
+def test_two_nodes_launched_by_torchrun(tmp_path):
+    torchrun = Path(sys.executable).parent / "torchrun"
+    if not torchrun.exists():
+        pytest.skip("torchrun is not installed next to the interpreter")
+    port = _free_port()
+    cmds = [
+        ([str(torchrun), "--nnodes", "2", "--nproc-per-node", "1", "--node-rank", str(node), "--master-addr",
+          "127.0.0.1", "--master-port", str(port), "--rdzv-backend", "static", "--max-restarts", "0", str(SCRIPT),
+          "--out", str(tmp_path), *PS, "--num-nodes", "2", "--devices", "1", "--epochs", "1", "--bound-policy",
+          "wait"], _env())
+        for node in (0, 1)
+    ]
+    codes, outputs = _launch_nodes(tmp_path, cmds, timeout=100)
+    assert codes == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+    r0, r1 = _reports(tmp_path)
+    _each_sample_once(r0, r1, "0")
+    telemetry = r0["telemetry"]
+    _assert_counters(telemetry, 4)
+    assert telemetry["counters"]["samples"] == N_SAMPLES
+    assert telemetry["counters"]["applied"] == 2 * N_SAMPLES // 16
+    assert not _port_in_use(port) and _no_process_left(tmp_path)
