@@ -119,8 +119,10 @@ def test_one_worker_max_staleness_zero_equals_the_shared_memory_engine_bit_for_b
 # ---------------------------------------------------------------------------------------------- one node, 2 workers
 @pytest.mark.timeout(120)
 def test_two_workers_on_one_node_train_use_every_sample_once_and_sync_metrics(tmp_path):
+    # a logger every 4 steps: rank 0 alone asks every owner for telemetry mid-training (owners answer from their
+    # server threads, whatever their main thread is doing)
     result = _run_script(tmp_path, *PS, "--epochs", "2", "--max-staleness", "4", "--bound-policy", "wait",
-                         timeout=100)
+                         "--log-every-n-steps", "4", timeout=100)
     assert result.returncode == 0, result.stderr[-3000:]
     r0, r1 = _reports(tmp_path)
     for epoch in ("0", "1"):
@@ -135,7 +137,17 @@ def test_two_workers_on_one_node_train_use_every_sample_once_and_sync_metrics(tm
     assert c["gradients"] == steps == 2 * N_SAMPLES // 16
     assert c["samples"] == 2 * N_SAMPLES  # counted once (by the first owner)
     assert c["applied"] == 2 * steps and c["rejected"] == 0  # "wait": every gradient applied at both owners
+    applied = [float(row["async/applied"]) for row in _csv_rows(tmp_path / "logs") if row.get("async/applied")]
+    assert len(applied) > 4 and applied == sorted(applied) and applied[-1] == c["applied"]
     assert _no_process_left(tmp_path)
+
+
+def _csv_rows(root: Path) -> list[dict]:
+    import csv
+
+    (path,) = root.rglob("metrics.csv")
+    with path.open() as f:
+        return list(csv.DictReader(f))
 
 
 @pytest.mark.timeout(150)

@@ -16,6 +16,7 @@ import lightning as L
 import torch
 import torchmetrics
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader, TensorDataset
 
 import lightning_async
@@ -95,6 +96,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=1024)
     parser.add_argument("--checkpoint-dir", type=Path, default=None, help="save last.ckpt at every epoch end")
     parser.add_argument("--ckpt-path", default=None, help="Trainer.fit(ckpt_path=...), e.g. 'last'")
+    parser.add_argument("--log-every-n-steps", type=int, default=None, help="CSVLogger under <out>/logs")
     parser.add_argument("--crash-at", default=None, help="RANK,EPOCH,BATCH: os._exit(1) there")
     args = parser.parse_args()
 
@@ -118,7 +120,9 @@ def main() -> None:
     trainer = L.Trainer(
         accelerator="cpu", devices=args.devices, num_nodes=args.num_nodes, strategy=strategy, max_epochs=args.epochs,
         callbacks=callbacks,
-        logger=False, enable_checkpointing=args.checkpoint_dir is not None, enable_progress_bar=False,
+        logger=CSVLogger(args.out / "logs") if args.log_every_n_steps else False,
+        log_every_n_steps=args.log_every_n_steps or 50,
+        enable_checkpointing=args.checkpoint_dir is not None, enable_progress_bar=False,
         enable_model_summary=False,
         default_root_dir=str(args.out),
     )
