@@ -203,10 +203,18 @@ def test_a_hung_owner_ends_the_run_within_the_timeout_naming_it(tmp_path):
 
 
 @pytest.mark.timeout(120)
-def test_a_crashed_owner_on_one_node_stops_the_run_naming_it(tmp_path):
-    result = _run_script(tmp_path, *PS, "--epochs", "1", "--crash-at", "1,0,3", "--timeout", "20", timeout=100)
+@pytest.mark.parametrize("fault", ["crash", "raise"])
+def test_a_failed_owner_on_one_node_stops_the_run_naming_it(tmp_path, fault):
+    """crash: os._exit(1) on rank 1. raise: an exception on rank 1, whose engine must stop at once (it used to
+    serve its peers in close() during teardown, silent, until rank 0 timed out in a collective)."""
+    args = ("--crash-at", "1,0,3") if fault == "crash" else ("--fault", json.dumps({"fault": "raise", "steps": 3}))
+    result = _run_script(tmp_path, *PS, "--epochs", "1", "--samples", "256", "--timeout", "30", *args, timeout=100)
     assert result.returncode != 0
-    assert "owner rank 1" in result.stderr and "WorkerDiedError" in result.stderr
+    assert "WorkerDiedError" in result.stderr and "owner rank 1" in result.stderr
+    if fault == "raise":
+        assert "RuntimeError: FaultInjector: injected error on worker 1" in result.stderr
+        assert "owner rank 1 stopped (RuntimeError: FaultInjector" in result.stderr  # rank 0 names the cause
+        assert "Timed out" not in result.stderr
     assert _no_process_left(tmp_path)
 
 
