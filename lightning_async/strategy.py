@@ -69,6 +69,8 @@ class AsyncAdaptiveStrategy(DDPStrategy):
         engine: where the authoritative state lives. ``"shared_memory"`` (default): one node, parameters and
             optimizer state in shared memory, no server. ``"parameter_server"``: any number of nodes; parameter
             blocks and their optimizer state are owned by the ranks, over ``torch.distributed`` point-to-point.
+            Every rank owns blocks, so the failure of any rank stops the run with an error naming it; resume with
+            ``Trainer.fit(..., ckpt_path="last")`` (see docs/multinode.md).
         timeout: seconds any single wait (for a peer, for the bound, for a collective) may last before the run
             stops with an error naming the worker it waited for.
         max_consecutive_nonfinite: a worker whose gradients are non-finite this many times in a row stops the run
