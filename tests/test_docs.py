@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -44,6 +45,10 @@ def _env() -> dict[str, str]:
     env["PYTHONUNBUFFERED"] = "1"
     env["OMP_NUM_THREADS"] = "1"  # tiny models on a shared machine: one intra-op thread per worker
     env.pop("LIGHTNING_ASYNC_FAULT", None)
+    # in-process runs earlier in this session leave Lightning's launch variables behind, with their store still
+    # listening on MASTER_PORT: a block must pick its own
+    for name in ("LOCAL_RANK", "NODE_RANK", "GLOBAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "GROUP_RANK"):
+        env.pop(name, None)
     return env
 
 
@@ -57,12 +62,18 @@ def _workdir(tmp_path: Path) -> Path:
 
 
 def _run(cmd: list[str], cwd: Path, block: Block) -> subprocess.CompletedProcess[str]:
-    try:
-        proc = subprocess.run(
-            cmd, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=BLOCK_TIMEOUT, stdin=subprocess.DEVNULL
-        )
-    except subprocess.TimeoutExpired as error:
-        pytest.fail(f"{block.id}: the block ran for over {BLOCK_TIMEOUT}s: {error}")
+    # own session, so that a timeout stops the block's whole process tree (launchers start grandchildren)
+    with subprocess.Popen(
+        cmd, cwd=cwd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdin=subprocess.DEVNULL, start_new_session=True,
+    ) as popen:
+        try:
+            stdout, stderr = popen.communicate(timeout=BLOCK_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            os.killpg(popen.pid, signal.SIGKILL)
+            popen.communicate()
+            pytest.fail(f"{block.id}: the block ran for over {BLOCK_TIMEOUT}s (its processes were killed)")
+    proc = subprocess.CompletedProcess(cmd, popen.returncode, stdout, stderr)
     if proc.returncode != 0:
         pytest.fail(
             f"{block.id}: exit code {proc.returncode}\n--- block ---\n{block.text}--- stdout (end) ---\n"
