@@ -150,10 +150,13 @@ def _gen_api_doc():
 
 
 def test_api_doc_is_up_to_date() -> None:
-    gen = _gen_api_doc()
-    assert (REPO / "docs" / "api.md").read_text() == gen.render(), (
-        "docs/api.md is out of date: run `python scripts/gen_api_doc.py`"
+    # in a fresh interpreter: torch patches `step` into an optimizer class's __dict__ the first time one is built,
+    # so rendering inside this session would depend on which tests ran before
+    check = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "gen_api_doc.py"), "--check"],
+        capture_output=True, text=True, timeout=120, cwd=REPO, env=_env(),
     )
+    assert check.returncode == 0, check.stdout + check.stderr
 
 
 def test_api_doc_covers_every_public_name() -> None:
