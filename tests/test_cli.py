@@ -102,3 +102,11 @@ def test_python_dash_m_runs_main(monkeypatch, capsys):
         runpy.run_module("lightning_async.cli", run_name="__main__")
     assert exit_info.value.code in (0, None)
     assert yaml.safe_load(capsys.readouterr().out)["model"]["class_path"] == "lightning_async.models.MLPClassifier"
+
+
+def test_the_registered_strategy_name_works_in_yaml(tmp_path):
+    config = tmp_path / "string_strategy.yaml"
+    config.write_text("trainer:\n  strategy: async_adaptive\n  devices: 1\n  max_epochs: 1\n")
+    cli = build_cli(["--config", str(BASE), "--config", str(config), *single_process(tmp_path)], run=False)
+    assert isinstance(cli.trainer.strategy, lightning_async.AsyncAdaptiveStrategy)
+    assert cli.trainer.strategy._start_method == "popen"
