@@ -41,7 +41,6 @@ import secrets
 import shutil
 import signal
 import threading
-import time
 import warnings
 from collections.abc import Callable, Iterator
 from typing import Any, Literal
@@ -53,21 +52,20 @@ from accelerate.data_loader import DataLoaderShard
 from accelerate.optimizer import AcceleratedOptimizer
 from accelerate.utils import DistributedType
 from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
-from torch.utils.data import DataLoader, DistributedSampler, IterableDataset, RandomSampler
+from torch.utils.data import DataLoader, IterableDataset
 
 from lightning_async.engine.base import Telemetry
 from lightning_async.engine.bound import validate_bound_policy, validate_max_staleness
 from lightning_async.engine.shared_memory import SharedMemoryEngine
-from lightning_async.engine.shm import pid_alive, remove_stale_runs, run_directory
-from lightning_async.engine_optimizer import EngineOptimizer
-from lightning_async.sampler import SharedCursorBatchSampler
+from lightning_async.engine.shm import remove_stale_runs, run_directory
+from lightning_async.engine_optimizer import EngineOptimizer, ordered_params
+from lightning_async.sampler import dynamic_batch_loader_kwargs
 from lightning_async.schedulers import GlobalProgressScheduler
 
 #: Accelerate setups the shared-memory engine runs under (one node, parameters on the CPU)
 SUPPORTED_DISTRIBUTED_TYPES = (DistributedType.NO, DistributedType.MULTI_CPU)
 #: version of the layout of :meth:`AsyncTraining.state_dict`
 STATE_FORMAT = 1
-_RUNNING = 1  # SharedMemoryEngine's status code of a running worker
 
 
 class AsyncTraining:
@@ -222,7 +220,7 @@ class AsyncTraining:
         if loaders:
             _validate_dataloader(loaders[0])
 
-        self._params = _ordered_params(optimizer)
+        self._params = ordered_params(optimizer)
         try:
             self._broadcast_initial_weights()
             self.engine = self._create_engine(optimizer)
@@ -265,7 +263,7 @@ class AsyncTraining:
                         "parameter of the model given to AsyncTraining. Build the optimizer from "
                         "model.parameters() of that model."
                     )
-        if not _ordered_params(optimizer):
+        if not ordered_params(optimizer):
             raise ValueError("the optimizer has no parameters. Build it from model.parameters().")
 
     def _broadcast_initial_weights(self) -> None:
@@ -311,30 +309,7 @@ class AsyncTraining:
 
     def _make_dataloader(self, dataloader: DataLoader) -> _AsyncDataLoader:
         assert self.engine is not None and dataloader.batch_size is not None
-        sampler = dataloader.sampler
-        shuffle = bool(getattr(sampler, "shuffle", isinstance(sampler, RandomSampler)))
-        seed = self.seed + (int(getattr(sampler, "seed", 0)) if isinstance(sampler, DistributedSampler) else 0)
-        batch_sampler = SharedCursorBatchSampler(
-            num_samples=len(dataloader.dataset),  # type: ignore[arg-type]
-            batch_size=dataloader.batch_size,
-            drop_last=dataloader.drop_last,
-            shuffle=shuffle,
-            seed=seed,
-            cursor=self.engine,
-        )
-        kwargs: dict[str, Any] = dict(
-            batch_sampler=batch_sampler,
-            num_workers=dataloader.num_workers,
-            collate_fn=dataloader.collate_fn,
-            pin_memory=dataloader.pin_memory,
-            timeout=dataloader.timeout,
-            worker_init_fn=dataloader.worker_init_fn,
-            multiprocessing_context=dataloader.multiprocessing_context,
-            generator=dataloader.generator,
-            persistent_workers=dataloader.persistent_workers,
-        )
-        if dataloader.num_workers > 0:
-            kwargs["prefetch_factor"] = dataloader.prefetch_factor
+        kwargs = dynamic_batch_loader_kwargs(dataloader, self.engine, seed_offset=self.seed)
         device = self.accelerator.device if self.accelerator.device_placement else None
         # rng_types=None: Accelerate's per-epoch RNG synchronisation is a collective; workers start epochs apart
         return _AsyncDataLoader(self, dataloader.dataset, device=device, rng_types=None, **kwargs)
@@ -377,7 +352,7 @@ class AsyncTraining:
             self._finished = True
             engine.finish(self._params)
             self._has_read = False
-            if not _wait_for_workers(engine, self.timeout):
+            if not engine.wait_for_workers(self.timeout):
                 warnings.warn(
                     f"lightning_async: worker {self.rank} finished but some workers were still training after "
                     f"{self.timeout}s ({engine.describe_peers()}); the telemetry may not include their last updates.",
@@ -666,29 +641,6 @@ def _describe_state(state: Any) -> str:
 
 def _exit_on_sigterm(signum: int, frame: Any) -> None:
     raise SystemExit(128 + signum)
-
-
-def _wait_for_workers(engine: SharedMemoryEngine, timeout: float) -> bool:
-    """Bounded wait until no worker is still running (finished, or its process is gone). ``False`` on timeout."""
-    deadline = time.monotonic() + timeout
-    status, pids = engine._view("status"), engine._view("pid")
-    while True:
-        if all(s != _RUNNING or (p > 0 and not pid_alive(int(p))) for s, p in zip(status, pids)):
-            return True
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-
-
-def _ordered_params(optimizer: torch.optim.Optimizer) -> list[torch.nn.Parameter]:
-    seen: set[int] = set()
-    params = []
-    for group in optimizer.param_groups:
-        for p in group["params"]:
-            if id(p) not in seen:
-                seen.add(id(p))
-                params.append(p)
-    return params
 
 
 def _batch_size(batch: Any) -> int:

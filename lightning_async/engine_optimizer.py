@@ -73,3 +73,15 @@ class EngineOptimizer(Optimizer):
 
     def __repr__(self) -> str:
         return f"EngineOptimizer({self.optimizer!r})"
+
+
+def ordered_params(optimizer: Optimizer) -> list[torch.nn.Parameter]:
+    """The optimizer's parameters in group order, each once: the order in which an engine stores its blocks."""
+    seen: set[int] = set()
+    params = []
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            if id(p) not in seen:
+                seen.add(id(p))
+                params.append(p)
+    return params

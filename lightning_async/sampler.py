@@ -8,10 +8,10 @@ once per epoch across all workers, and all workers run out of batches within one
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
-from torch.utils.data import Sampler
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Sampler
 
 
 class BatchCursor(Protocol):
@@ -75,3 +75,38 @@ class _EpochSetter:
 
     def set_epoch(self, epoch: int) -> None:
         self._owner.set_epoch(epoch)
+
+
+def dynamic_batch_loader_kwargs(dataloader: DataLoader, cursor: BatchCursor, seed_offset: int = 0) -> dict[str, Any]:
+    """The arguments that rebuild ``dataloader`` with dynamic batches from ``cursor``, keeping its other settings.
+
+    Shuffling and its seed come from the loader's sampler (``RandomSampler``, or a ``DistributedSampler`` as
+    Lightning injects); the batch size and ``drop_last`` from the loader; worker processes, collation, pinning
+    and prefetching are kept as they were.
+    """
+    if dataloader.batch_size is None:
+        raise ValueError("dynamic batches need the DataLoader's batch_size (it has a custom batch_sampler).")
+    sampler = dataloader.sampler
+    shuffle = bool(getattr(sampler, "shuffle", isinstance(sampler, RandomSampler)))
+    seed = seed_offset + (int(getattr(sampler, "seed", 0)) if isinstance(sampler, DistributedSampler) else 0)
+    kwargs: dict[str, Any] = dict(
+        batch_sampler=SharedCursorBatchSampler(
+            num_samples=len(dataloader.dataset),  # type: ignore[arg-type]
+            batch_size=dataloader.batch_size,
+            drop_last=dataloader.drop_last,
+            shuffle=shuffle,
+            seed=seed,
+            cursor=cursor,
+        ),
+        num_workers=dataloader.num_workers,
+        collate_fn=dataloader.collate_fn,
+        pin_memory=dataloader.pin_memory,
+        timeout=dataloader.timeout,
+        worker_init_fn=dataloader.worker_init_fn,
+        multiprocessing_context=dataloader.multiprocessing_context,
+        generator=dataloader.generator,
+        persistent_workers=dataloader.persistent_workers,
+    )
+    if dataloader.num_workers > 0:
+        kwargs["prefetch_factor"] = dataloader.prefetch_factor
+    return kwargs
