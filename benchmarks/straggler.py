@@ -69,6 +69,7 @@ def _worker(args: argparse.Namespace) -> None:
         strategy = lightning_async.AsyncAdaptiveStrategy(
             max_staleness=args.max_staleness,
             bound_policy=args.bound_policy,
+            engine=args.engine,
             print_summary=bool(os.environ.get("STRAGGLER_SUMMARY")),
         )
     else:
@@ -108,7 +109,7 @@ def _run(args: argparse.Namespace, strategy: str, factor: float, devices: int, t
         sys.executable, str(HERE), "--worker", "--strategy", strategy, "--factor", str(factor),
         "--devices", str(devices), "--epochs", str(args.epochs), "--lr", str(args.lr),
         "--batch-size", str(args.batch_size), "--max-staleness", str(args.max_staleness),
-        "--bound-policy", args.bound_policy, "--report-dir", str(report_dir),
+        "--bound-policy", args.bound_policy, "--engine", args.engine, "--report-dir", str(report_dir),
     ]
     launch_vars = ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "GROUP_RANK")
     env = {k: v for k, v in os.environ.items() if k not in launch_vars}
@@ -174,7 +175,10 @@ def _plot(results: dict, path: Path) -> None:
 
 def _driver(args: argparse.Namespace) -> None:
     Path(args.work_dir).mkdir(parents=True, exist_ok=True)
-    results: dict = {"target": args.target, "factors": args.factors, "epochs": args.epochs, "runs": {}, "rows": []}
+    results: dict = {
+        "target": args.target, "factors": args.factors, "epochs": args.epochs, "engine": args.engine,
+        "max_staleness": args.max_staleness, "bound_policy": args.bound_policy, "runs": {}, "rows": [],
+    }
     alone = _run(args, "async", 1.0, 1, "standalone")
     results["runs"]["standalone"] = alone
     speed = alone["samples_per_s"]
@@ -230,6 +234,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-staleness", type=int, default=4)
     parser.add_argument("--bound-policy", default="accumulate", choices=["accumulate", "wait", "drop"])
+    parser.add_argument("--engine", default="shared_memory", choices=["shared_memory", "parameter_server"])
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     parser.add_argument("--plot", default=None, help="write the loss-against-time figure (PNG) here")
     parser.add_argument("--work-dir", default="results/straggler_runs")
