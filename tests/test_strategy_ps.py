@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -92,6 +93,13 @@ def _assert_counters(telemetry: dict, max_staleness: int) -> None:
     hist = telemetry["histogram"]
     assert sum(hist) == c["applied"]
     assert all(n == 0 for s, n in enumerate(hist) if s > max_staleness), hist
+
+
+#: rank 1 died, as rank 0 reports it: its client side finds owner 1 unreachable, or its owner side (server thread)
+#: sees worker 1's connection close first; which one comes first is a race, both name rank 1
+RANK1_DIED = re.compile(
+    r"WorkerDiedError: (owner rank 1 \(blocks .*\) is no longer reachable|worker 1 is no longer running)"
+)
 
 
 def _each_sample_once(r0: dict, r1: dict, epoch: str, n: int = N_SAMPLES) -> None:
@@ -210,10 +218,13 @@ def test_a_failed_owner_on_one_node_stops_the_run_naming_it(tmp_path, fault):
     args = ("--crash-at", "1,0,3") if fault == "crash" else ("--fault", json.dumps({"fault": "raise", "steps": 3}))
     result = _run_script(tmp_path, *PS, "--epochs", "1", "--samples", "256", "--timeout", "30", *args, timeout=100)
     assert result.returncode != 0
-    assert "WorkerDiedError" in result.stderr and "owner rank 1" in result.stderr
+    if fault == "crash":
+        assert RANK1_DIED.search(result.stderr), result.stderr[-3000:]
     if fault == "raise":
         assert "RuntimeError: FaultInjector: injected error on worker 1" in result.stderr
-        assert "owner rank 1 stopped (RuntimeError: FaultInjector" in result.stderr  # rank 0 names the cause
+        # rank 0 gets owner 1's error reply naming the cause, or (rank 1 already exited) sees its connection close
+        cause = re.search(r"WorkerDiedError: owner rank 1 stopped \(RuntimeError: FaultInjector", result.stderr)
+        assert cause or RANK1_DIED.search(result.stderr), result.stderr[-3000:]
         assert "Timed out" not in result.stderr
     assert _no_process_left(tmp_path)
 
@@ -226,8 +237,8 @@ def test_two_nodes_through_lightning_crash_of_an_owner_then_resume_from_last(tmp
     ckpt = tmp_path / "ckpt"
     common = ("--epochs", "2", "--bound-policy", "wait", "--timeout", "20", "--checkpoint-dir", str(ckpt))
     codes, outputs, port = _lightning_two_nodes(tmp_path, *common, "--crash-at", "1,1,2")
-    assert codes == [1, 1], outputs[0][-3000:]
-    assert "WorkerDiedError" in outputs[0] and "owner rank 1" in outputs[0], outputs[0][-3000:]
+    assert codes == [1, 1], outputs[0][-3000:] + outputs[1][-3000:]
+    assert RANK1_DIED.search(outputs[0]), outputs[0][-3000:] + outputs[1][-3000:]
     saved = torch.load(ckpt / "last.ckpt", weights_only=True)
     assert saved["epoch"] == 0
     engine_state = saved["optimizer_states"][0]["lightning_async"]

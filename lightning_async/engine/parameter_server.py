@@ -1232,7 +1232,11 @@ class ParameterServerEngine(Engine):
 
         The owner's blocks are marked failed, so a peer's request still being served answers with a
         :class:`WorkerDiedError` naming this rank and ``reason``; once the process exits, its connections close and
-        every peer's next exchange with it fails naming it. Idempotent; :meth:`close` afterwards does nothing."""
+        every peer's next exchange with it fails naming it. Then waits (at most ``min(timeout, 10)`` seconds) for
+        the server threads to end: a thread serving a dead peer ends at once, one serving a live peer when that peer,
+        told of the failure at its next exchange, goes away. A server thread still inside a gloo wait when the
+        interpreter exits can abort the process (SIGABRT, "terminate called without an active exception") instead
+        of letting it exit with its error. Idempotent; :meth:`close` afterwards does nothing."""
         if self._closed:
             return
         self._closed = True
@@ -1245,6 +1249,9 @@ class ParameterServerEngine(Engine):
                         "lost. Resume with Trainer.fit(..., ckpt_path='last')."
                     )
                 auth.cond.notify_all()
+        deadline = time.monotonic() + min(self.timeout, 10.0)
+        for thread in self._threads:
+            thread.join(timeout=max(deadline - time.monotonic(), 0.0))
 
     # ------------------------------------------------------------------ fault injection (tests)
     def _debug_resend(self, owner: int) -> str:
