@@ -33,7 +33,7 @@ from lightning.pytorch.trainer.connectors.signal_connector import _get_sigkill_s
 from lightning.pytorch.trainer.states import RunningStage, TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
-from torch.utils.data import DataLoader, DistributedSampler, IterableDataset, RandomSampler
+from torch.utils.data import DataLoader, IterableDataset
 from typing_extensions import override
 
 from lightning_async.engine.base import Engine, Telemetry
@@ -41,8 +41,8 @@ from lightning_async.engine.bound import BOUND_POLICIES, validate_bound_policy, 
 from lightning_async.engine.parameter_server import ParameterServerEngine
 from lightning_async.engine.shared_memory import SharedMemoryEngine
 from lightning_async.engine.shm import remove_stale_runs, run_directory
-from lightning_async.engine_optimizer import EngineOptimizer
-from lightning_async.sampler import SharedCursorBatchSampler
+from lightning_async.engine_optimizer import EngineOptimizer, ordered_params
+from lightning_async.sampler import dynamic_batch_loader_kwargs
 from lightning_async.schedulers import GlobalProgressScheduler
 
 #: precisions whose gradients reach ``optimizer.step`` unscaled and whose optimizer step is never skipped
@@ -226,7 +226,7 @@ class AsyncAdaptiveStrategy(DDPStrategy):
                 "torch.optim.LBFGS re-evaluates the loss inside step(); an asynchronous engine applies a gradient "
                 "computed earlier. Use a first-order optimizer (e.g. lightning_async.optim.AsyncAdam)."
             )
-        self._local_params = _ordered_params(optimizer)
+        self._local_params = ordered_params(optimizer)
         self.engine = self._create_engine(optimizer)
         self.optimizers = [EngineOptimizer(optimizer, self.engine, self._local_params, self._take_samples)]
         for config in self.lr_scheduler_configs:
@@ -299,33 +299,10 @@ class AsyncAdaptiveStrategy(DDPStrategy):
                 "DataLoader to enable dynamic batches."
             )
             return dataloader
-        sampler = dataloader.sampler
-        shuffle = bool(getattr(sampler, "shuffle", isinstance(sampler, RandomSampler)))
-        seed = int(getattr(sampler, "seed", 0)) if isinstance(sampler, DistributedSampler) else 0
-        batch_sampler = SharedCursorBatchSampler(
-            num_samples=len(dataloader.dataset),  # type: ignore[arg-type]
-            batch_size=dataloader.batch_size,
-            drop_last=dataloader.drop_last,
-            shuffle=shuffle,
-            seed=seed,
-            cursor=self.engine,
-        )
+        kwargs = dynamic_batch_loader_kwargs(dataloader, self.engine)
         # Lightning starts iterating (prefetch) before it calls set_epoch, and on resume it does not iterate again:
         # start at the loop's epoch so a resumed run draws from the right epoch's cursor and permutation
-        batch_sampler.set_epoch(trainer.fit_loop.epoch_progress.current.processed)
-        kwargs: dict[str, Any] = dict(
-            batch_sampler=batch_sampler,
-            num_workers=dataloader.num_workers,
-            collate_fn=dataloader.collate_fn,
-            pin_memory=dataloader.pin_memory,
-            timeout=dataloader.timeout,
-            worker_init_fn=dataloader.worker_init_fn,
-            multiprocessing_context=dataloader.multiprocessing_context,
-            generator=dataloader.generator,
-            persistent_workers=dataloader.persistent_workers,
-        )
-        if dataloader.num_workers > 0:
-            kwargs["prefetch_factor"] = dataloader.prefetch_factor
+        kwargs["batch_sampler"].set_epoch(trainer.fit_loop.epoch_progress.current.processed)
         return DataLoader(dataloader.dataset, **kwargs)
 
     # ------------------------------------------------------------------ training
@@ -490,17 +467,6 @@ class _EngineLifecycle(Callback):
 def _raise_on_local_sigterm(trainer: Trainer) -> None:
     if getattr(trainer, "received_sigterm", False):
         raise SIGTERMException()
-
-
-def _ordered_params(optimizer: torch.optim.Optimizer) -> list[torch.nn.Parameter]:
-    seen: set[int] = set()
-    params = []
-    for group in optimizer.param_groups:
-        for p in group["params"]:
-            if id(p) not in seen:
-                seen.add(id(p))
-                params.append(p)
-    return params
 
 
 def _param_names(module: torch.nn.Module | None, params: list[torch.nn.Parameter]) -> list[str]:
