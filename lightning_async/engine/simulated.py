@@ -171,7 +171,9 @@ class SimulatedEngine:
         if overlap not in OVERLAPS:
             raise ValueError(f"overlap must be one of {OVERLAPS}, got {overlap!r}.")
         if accumulate_reduction not in ACCUMULATE_REDUCTIONS:
-            raise ValueError(f"accumulate_reduction must be one of {ACCUMULATE_REDUCTIONS}, got {accumulate_reduction!r}.")
+            raise ValueError(
+                f"accumulate_reduction must be one of {ACCUMULATE_REDUCTIONS}, got {accumulate_reduction!r}."
+            )
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise ValueError(f"seed must be an integer, got {seed!r}.")
         if not isinstance(max_non_finite, int) or max_non_finite < 1:

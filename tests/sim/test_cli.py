@@ -98,7 +98,8 @@ def my_problem(seed: int, dtype: torch.dtype, batch_size: int) -> Problem:
 def test_plug_in_problem_and_optimizer_kwargs() -> None:
     problem = get_problem(f"{__name__}:my_problem", seed=0)
     assert problem.name == "regression"
-    opt = make_optimizer("torch.sgd", problem.model.parameters(), 0.1, **parse_kwargs(["momentum=0.9", "nesterov=True"]))
+    kwargs = parse_kwargs(["momentum=0.9", "nesterov=True"])
+    opt = make_optimizer("torch.sgd", problem.model.parameters(), 0.1, **kwargs)
     assert opt.param_groups[0]["nesterov"] is True
     with pytest.raises(ValueError, match="rejected its arguments"):
         make_optimizer("torch.sgd", problem.model.parameters(), 0.1, bogus=1)
