@@ -365,3 +365,25 @@ def test_telemetry_reaches_the_logger_and_the_histogram_png(tmp_path):
     assert callback.written.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     metrics = (Path(trainer.logger.log_dir) / "metrics.csv").read_text().splitlines()[0].split(",")
     assert {"async/staleness_mean", "async/applied", "async/worker0/samples_per_s"} <= set(metrics)
+
+
+class WithTest(Net):
+    def test_step(self, batch, batch_idx):
+        x, y = batch
+        self.log("test_loss", torch.nn.functional.mse_loss(self.net(x), y), sync_dist=True)
+
+    def predict_step(self, batch, batch_idx):
+        return self.net(batch[0])
+
+
+def test_validate_test_and_predict_run_after_fit(tmp_path):
+    torch.manual_seed(0)
+    model = WithTest()
+    trainer = _trainer(AsyncAdaptiveStrategy(), tmp_path, max_epochs=1)
+    trainer.fit(model, _data(True), _data(False))
+    fitted = [p.detach().clone() for p in model.parameters()]
+    assert trainer.validate(model, _data(False))[0]["val_loss"] > 0
+    assert trainer.test(model, _data(False))[0]["test_loss"] > 0
+    predictions = trainer.predict(model, _data(False))
+    assert sum(p.shape[0] for p in predictions) == 96
+    assert all(torch.equal(a, b) for a, b in zip(fitted, model.parameters()))  # evaluation changed nothing
