@@ -33,13 +33,15 @@ after ``timeout`` (bounded, never silent).
 **Wire, channels and overlap.** No any-source receive: each (client, owner) pair has its own 2-rank gloo group
 (created once, in the same order on every rank), used in one direction, and the owner runs one server thread per
 remote client that receives that client's requests in order. Messages are raw tensors behind an int64 header
-(:mod:`lightning_async.engine.ps_wire`), nothing is pickled. A step costs one round trip per owner: the push of a
-gradient returns the owner's fresh parameters with a new read already registered (push-pull), and the pushes to
-all owners are posted at once and run concurrently, while the worker applies the blocks it owns itself in its own
-thread (no wire). Owners apply the other workers' updates in their server threads while their own worker keeps
-computing: that is where communication and application overlap compute. A worker's own next forward still waits
-for its push-pull round trip (its next gradient is computed on the parameters that include its last update; this
-keeps ``max_staleness=0`` exact).
+(:mod:`lightning_async.engine.ps_wire`), nothing is pickled, and a message is one send. A step costs one round trip
+per owner: the push of a gradient returns the owner's fresh parameters with a new read already registered (push-pull),
+and the pushes to all owners are posted at once and run concurrently, while the worker applies the blocks it
+owns itself in its own thread (no wire, no message, no clone: the fresh blocks are copied straight into its
+parameters under the owner's lock; a remote reply is packed from the owner's blocks under the lock, also without an
+intermediate clone). Owners apply the other workers' updates in their server threads while their own worker keeps
+computing: that is where communication and application overlap compute. A worker's own next forward still waits for
+its push-pull round trip (its next gradient is computed on the parameters that include its last update; this keeps
+``max_staleness=0`` exact).
 
 **Failures.** Every wait is bounded by ``Work.wait(timeout)``. A dead peer closes its pair's connection, which
 fails only that pair's channels (gloo pairs are per group): an owner notices a client's death at once, a client
@@ -145,19 +147,21 @@ class _Authority:
         self.last_seen = [time.time()] * p
         self.failed: AsyncTrainingError | None = None
         self._c = {n: i for i, n in enumerate(OWNER_COUNTERS)}
+        self._async = _is_async_optimizer(self.optimizer)
 
     # -------------------------------------------------------------- bookkeeping
     def count(self, w: int, name: str, delta: int = 1) -> None:
         self.counts[w, self._c[name]] += delta
 
-    def touch(self, w: int, prelude: torch.Tensor | None = None) -> None:
+    def touch(self, w: int, prelude: list[int] | None = None) -> None:
         self.last_seen[w] = time.time()
         if self.status[w] == 0:
             self.status[w] = _RUNNING
         if prelude is not None:
+            now = self.last_seen[w]
             self.reported[w] = [
                 float(prelude[wire.P_GRADIENTS]), prelude[wire.P_WAIT_US] / 1e6, prelude[wire.P_BUSY_US] / 1e6,
-                self.reported[w, 3] or time.time(), time.time(),
+                self.reported[w, 3] or now, now,
             ]
 
     def check(self, w: int) -> None:
@@ -253,14 +257,19 @@ class _Authority:
             self.cond.notify_all()
 
     # -------------------------------------------------------------- reads
-    def params_out(self) -> list[tuple[int, int, torch.Tensor]]:
+    def params_out(self, out: Any = None) -> Any:
+        """Under the lock: the owned blocks as ``(block, version, tensor)``: clones, or ``out(views)``'s result
+        (``out`` copies them where they go, e.g. into a reply frame or the local worker's parameters, while the
+        lock keeps them consistent: no intermediate clone)."""
+        if out is not None:
+            return out([(b, self.block_versions[b], self.shadows[b].detach()) for b in self.blocks])
         return [(b, self.block_versions[b], self.shadows[b].detach().clone()) for b in self.blocks]
 
     def _may_read(self, w: int) -> bool:
         others = [r for v, r in self.reads.items() if v != w]
         return self.e.bound.may_read(self.version, others)
 
-    def read(self, w: int, mode: int) -> tuple[int, list[tuple[int, int, torch.Tensor]] | None]:
+    def read(self, w: int, mode: int, out: Any = None) -> tuple[int, Any]:
         """Serve a READ: returns (version or -1 if no read was taken, parameters or None)."""
         with self.cond:
             self.check(w)
@@ -271,7 +280,7 @@ class _Authority:
                 if mode == wire.RELEASE:
                     return -1, None
             if mode in (wire.REFRESH, wire.RELEASE_REFRESH):
-                return -1, self.params_out()
+                return -1, self.params_out(out)
             if w in self.reads:  # already holds one: hand back the same version's parameters cannot be done
                 raise AsyncTrainingError(f"worker {w} asked owner rank {self.e.worker} for a second read")
             if mode == wire.READ_TRY:
@@ -285,14 +294,17 @@ class _Authority:
                     self.read_queue.remove(w)
                     self.cond.notify_all()
             self.reads[w] = self.version
-            return self.version, self.params_out()
+            return self.version, self.params_out(out)
 
     # -------------------------------------------------------------- updates
     def push(
         self, w: int, seq: int, base: int, grads: list[tuple[int, Any]], samples: int, flags: int,
-        schema_error: str | None,
-    ) -> tuple[str, int, list[tuple[int, int, torch.Tensor]] | None]:
-        """Check and admit one update; returns (verdict, read version taken or -1, parameters or None)."""
+        schema_error: str | None, out: Any = None, finite: bool = False,
+    ) -> tuple[str, int, Any]:
+        """Check and admit one update; returns (verdict, read version taken or -1, parameters or None).
+
+        ``out``: see :meth:`params_out`. ``finite``: the caller (the local worker) already checked these very
+        gradients."""
         with self.cond:
             self.check(w)
             self.last_seen[w] = time.time()
@@ -304,7 +316,7 @@ class _Authority:
             held = self.reads.get(w)
             if held is None or held != base or base > self.version:
                 return self._reject(w, "rejected_version", release=held is not None and held != base), -1, None
-            if flags & wire.F_NONFINITE or not _all_finite([g for _, g in grads]):
+            if flags & wire.F_NONFINITE or not (finite or _all_finite([g for _, g in grads])):
                 return self._reject(w, "rejected_nonfinite", release=False), -1, None
             others = lambda: [r for v, r in self.reads.items() if v != w]  # noqa: E731
             policy = self.e.bound.policy
@@ -326,7 +338,7 @@ class _Authority:
             self.cond.notify_all()
             if flags & wire.F_WANT_READ and not self.read_queue and self._may_read(w):
                 self.reads[w] = self.version
-                return "applied", self.version, self.params_out()
+                return "applied", self.version, self.params_out(out)
             return "applied", -1, None
 
     def _reject(self, w: int, reason: str, *, release: bool) -> str:
@@ -346,7 +358,7 @@ class _Authority:
             for b, g in grads:
                 self.shadows[b].grad = g
             try:
-                if _is_async_optimizer(self.optimizer):
+                if self._async:
                     self.optimizer.step(staleness=staleness)  # type: ignore[call-arg]
                 else:
                     self.optimizer.step()
@@ -507,6 +519,7 @@ class ParameterServerEngine(Engine):
         self.ownership = assign_blocks(sizes, owners)
         self.owner_of = {b: o for o, bs in self.ownership.items() for b in bs}
         self._max_payload = 2 * sum(_padded(s) for s in sizes) + (1 << 20)
+        inline = wire.inline_size(sizes)
         distributed = num_workers > 1
         if distributed and not (dist.is_available() and dist.is_initialized()):
             raise RuntimeError("ParameterServerEngine with num_workers > 1 needs torch.distributed initialized first.")
@@ -531,9 +544,9 @@ class ParameterServerEngine(Engine):
                         continue
                     group = dist.new_group([c, o], backend="gloo", timeout=group_timeout)
                     if worker == c:
-                        self._client[o] = wire.Channel(group, o, self._max_payload)
+                        self._client[o] = wire.Channel(group, o, self._max_payload, inline)
                     elif worker == o:
-                        self._server[c] = wire.Channel(group, c, self._max_payload)
+                        self._server[c] = wire.Channel(group, c, self._max_payload, inline)
         self.authority = _Authority(self, self.ownership[worker]) if worker in owners else None
         # ---- worker-side state, per owner
         self._seq = 0
@@ -593,7 +606,7 @@ class ParameterServerEngine(Engine):
                 return
             kind = message[wire.P_KIND]
             with auth.cond:
-                auth.touch(c, message.prelude if kind in (wire.READ, wire.PUSH) else None)
+                auth.touch(c, message.header if kind in (wire.READ, wire.PUSH) else None)
             if message[wire.P_WORKER] != c:
                 reply = _error_reply(AsyncTrainingError(f"message on worker {c}'s channel claims worker "
                                                         f"{message[wire.P_WORKER]}"))
@@ -615,18 +628,25 @@ class ParameterServerEngine(Engine):
     def _handle(self, c: int, kind: int, m: wire.Message) -> list[torch.Tensor]:
         auth = self.authority
         assert auth is not None
+        seq = m[wire.P_SEQ]
+
+        def out(blocks: list[tuple[int, int, torch.Tensor]]) -> wire.Parts:  # packed under the owner's lock
+            return wire.pack(wire.RESPONSE, self.worker, seq, blocks=blocks)
+
         if kind == wire.READ:
-            version, blocks = auth.read(c, m[wire.P_FLAGS])
-            return wire.pack(wire.RESPONSE, self.worker, m[wire.P_SEQ], blocks=blocks or (),
-                             ints={wire.P_VERSION: auth.version, wire.P_EXTRA: version})
+            version, reply = auth.read(c, m[wire.P_FLAGS], out)
+            reply = reply if reply is not None else wire.pack(wire.RESPONSE, self.worker, seq)
+            reply[0][wire.P_VERSION], reply[0][wire.P_EXTRA] = auth.version, version
+            return reply
         if kind == wire.PUSH:
             grads, schema_error = self._decode_push(m)
-            verdict, version, blocks = auth.push(
-                c, m[wire.P_SEQ], m[wire.P_VERSION], grads, m[wire.P_SAMPLES], m[wire.P_FLAGS], schema_error
+            verdict, version, reply = auth.push(
+                c, seq, m[wire.P_VERSION], grads, m[wire.P_SAMPLES], m[wire.P_FLAGS], schema_error, out
             )
-            return wire.pack(wire.RESPONSE, self.worker, m[wire.P_SEQ], blocks=blocks or (),
-                             ints={wire.P_VERSION: auth.version, wire.P_EXTRA: version,
-                                   wire.P_FLAGS: _V_CODE[verdict]})
+            reply = reply if reply is not None else wire.pack(wire.RESPONSE, self.worker, seq)
+            reply[0][wire.P_VERSION], reply[0][wire.P_EXTRA] = auth.version, version
+            reply[0][wire.P_FLAGS] = _V_CODE[verdict]
+            return reply
         if kind in (wire.BYE, wire.CLOSE):
             auth.bye(c)
             return wire.pack(wire.RESPONSE, self.worker, m[wire.P_SEQ])
@@ -645,16 +665,16 @@ class ParameterServerEngine(Engine):
         auth = self.authority
         assert auth is not None
         grads, seen = [], set()
-        for i in range(m.rows.shape[0]):
-            row = m.rows[i]
-            block = int(row[wire.R_BLOCK])
+        version = m[wire.P_VERSION]
+        for i, row in enumerate(m.rows.tolist()):
+            block = row[wire.R_BLOCK]
             if block not in auth.shadows:
                 return [], f"block {block} is not owned by rank {self.worker}"
             if block in seen:
                 return [], f"block {block} appears twice"
             seen.add(block)
-            if int(row[wire.R_VERSION]) != m[wire.P_VERSION]:
-                return [], f"block {block}: base version {int(row[wire.R_VERSION])} != {m[wire.P_VERSION]}"
+            if row[wire.R_VERSION] != version:
+                return [], f"block {block}: base version {row[wire.R_VERSION]} != {version}"
             reason = wire.row_matches(row, auth.shadows[block])
             if reason is not None:
                 return [], f"block {block}: {reason}"
@@ -727,11 +747,21 @@ class ParameterServerEngine(Engine):
             for b, _, t in blocks:
                 local_params[b].copy_(t)
 
+    def _local_copier(self, local_params: Sequence[torch.Tensor]) -> Any:
+        """``out`` for the local owner: copy its blocks straight into ``local_params`` under its lock (one copy,
+        no clone); the result ``()`` leaves nothing more to copy."""
+
+        def copy_in(blocks: list[tuple[int, int, torch.Tensor]]) -> tuple[()]:
+            self._copy_in(local_params, blocks)
+            return ()
+
+        return copy_in
+
     def _copy_reply(self, local_params: Sequence[torch.Tensor], reply: wire.Message, owner: int) -> None:
         with torch.no_grad():
-            for i in range(reply.rows.shape[0]):
-                b = int(reply.rows[i, wire.R_BLOCK])
-                if self.owner_of.get(b) != owner or wire.row_matches(reply.rows[i], self.params[b]) is not None \
+            for i, row in enumerate(reply.rows.tolist()):
+                b = row[wire.R_BLOCK]
+                if self.owner_of.get(b) != owner or wire.row_matches(row, self.params[b]) is not None \
                         or not wire.payload_fits(reply, i):
                     raise AsyncTrainingError(f"owner rank {owner} sent a malformed parameter block {b}")
                 local_params[b].copy_(wire.decode_block(reply, i, self.params[b]))
@@ -772,11 +802,12 @@ class ParameterServerEngine(Engine):
 
     def _read_many(self, local_params: Sequence[torch.Tensor], owners: list[int], mode: int) -> None:
         result: dict[int, tuple[int, Any]] = {}
+        copy_in = self._local_copier(local_params)
 
         def local() -> None:
             if self.worker in owners:
                 assert self.authority is not None
-                result[self.worker] = self.authority.read(self.worker, mode)
+                result[self.worker] = self.authority.read(self.worker, mode, copy_in)
 
         requests = {o: self._request(o, wire.READ, ints={wire.P_FLAGS: mode}) for o in owners if o != self.worker}
         replies = self._exchange(requests, local)
@@ -835,6 +866,7 @@ class ParameterServerEngine(Engine):
         deferred update) so that its owner rejects and counts it."""
         owners = list(self.owner_ranks if owners is None else owners)
         offers: dict[int, tuple[int, list[tuple[int, torch.Tensor]], int]] = {}
+        checked: dict[int, bool] = {}
         for o in owners:
             if self._reads[o] is None:
                 raise AsyncTrainingError(f"worker {self.worker}: submit() without a read at owner rank {o}; call "
@@ -850,6 +882,7 @@ class ParameterServerEngine(Engine):
                 blocks = [(b, g) for b, g in zip(self.ownership[o], pend) if g is not None]
             else:
                 blocks = self._add_pending(o, grads, samples)
+                checked[o] = self._pending_count[o] == 1  # the raw gradient submit() found finite
             offers[o] = (self._reads[o], blocks, self._pending_samples[o] if finite else samples)  # type: ignore
         if not offers:
             return {}
@@ -857,13 +890,15 @@ class ParameterServerEngine(Engine):
         if not finite:
             flags |= wire.F_NONFINITE
         results: dict[int, tuple[str, int, Any]] = {}
+        copy_in = self._local_copier(local_params)
 
         def local() -> None:
             if self.worker in offers:
                 assert self.authority is not None
                 base, blocks, n = offers[self.worker]
                 self._seq += 1
-                results[self.worker] = self.authority.push(self.worker, self._seq, base, blocks, n, flags, None)
+                results[self.worker] = self.authority.push(self.worker, self._seq, base, blocks, n, flags, None,
+                                                           copy_in, checked.get(self.worker, False))
 
         requests = {}
         for o, (base, blocks, n) in offers.items():

@@ -1,20 +1,26 @@
 """Wire format of the ``parameter_server`` engine: raw tensors behind a fixed int64 header, nothing pickled.
 
 A message on one channel (a dedicated 2-rank gloo group, used in one direction only: client -> owner requests,
-owner -> client responses) is up to four point-to-point sends, always in this order:
+owner -> client responses) is one contiguous byte *frame*, made of, in this order:
 
 1. ``prelude``: ``int64[PRELUDE]`` = ``MAGIC, kind, worker, seq, n_rows, meta_nbytes, payload_nbytes, status``
    followed by kind-specific integers (``samples``, flags, the sender's progress counters, ...);
 2. ``rows`` (if ``n_rows``): ``int64[n_rows, ROW]``, one row per block: ``block, version, dtype code, numel,
    byte offset in the payload, ndim, dims...``;
-3. ``meta`` (if ``meta_nbytes``): UTF-8 JSON, only for control messages (snapshot, load, telemetry, errors);
+3. ``meta`` (if ``meta_nbytes``): UTF-8 JSON, only for control messages (snapshot, load, telemetry, errors),
+   zero-padded to 16 bytes;
 4. ``payload`` (if ``payload_nbytes``): the blocks' raw bytes (``uint8``), each block 16-byte aligned.
 
-The receiver validates the prelude (magic, kind, sizes within limits) before it allocates anything, then
-receives exactly the announced sizes; a prelude it cannot trust makes the channel unusable (it cannot resynchronise)
-and is treated like a failure of the peer. Payload bytes are reinterpreted with ``Tensor.view(dtype)`` after the
-row's dtype code, numel and shape have been checked against the owner's schema. JSON is parsed with ``json.loads``
-(data only, never code). No message is ever unpickled.
+A frame that fits in the channel's ``inline`` size (any gradient push or parameter reply of the model: both sides
+derive it from the same schema) is one point-to-point send, received into a buffer the channel keeps; a larger one
+(snapshots) is sent as its prelude, then the rest. One send per message matters: every gloo message costs a
+rendezvous between the two processes, and a body announced by a separate prelude costs the receiver a wake-up.
+
+The receiver validates the prelude (magic, kind, sizes within limits) before it allocates anything beyond the
+channel's fixed buffer, then receives exactly the announced rest; a prelude it cannot trust makes the channel
+unusable (it cannot resynchronise) and is treated like a failure of the peer. Payload bytes are reinterpreted with
+``Tensor.view(dtype)`` after the row's dtype code, numel and shape have been checked against the owner's schema.
+JSON is parsed with ``json.loads`` (data only, never code). No message is ever unpickled.
 """
 
 from __future__ import annotations
@@ -75,16 +81,19 @@ class Message:
     meta: dict[str, Any] = field(default_factory=dict)
     payload: torch.Tensor | None = None
 
+    def __post_init__(self) -> None:
+        self.header: list[int] = self.prelude.tolist()  # read as Python ints once (the prelude is not changed)
+
     def __getitem__(self, slot: int) -> int:
-        return int(self.prelude[slot])
+        return self.header[slot]
 
     def block_bytes(self, i: int) -> torch.Tensor:
         """The raw bytes of row ``i`` (validated offset and size)."""
         assert self.payload is not None
-        row = self.rows[i]
-        dtype = CODE_DTYPE[int(row[R_DTYPE])]
-        nbytes = int(row[R_NUMEL]) * _itemsize(dtype)
-        start = int(row[R_OFFSET])
+        row = self.rows[i].tolist()
+        dtype = CODE_DTYPE[row[R_DTYPE]]
+        nbytes = row[R_NUMEL] * _ITEMSIZE[dtype]
+        start = row[R_OFFSET]
         return self.payload[start : start + nbytes]
 
 
@@ -92,8 +101,25 @@ def _itemsize(dtype: torch.dtype) -> int:
     return torch.empty((), dtype=dtype).element_size()
 
 
+_ITEMSIZE = {d: _itemsize(d) for d in _DTYPES}
+
+
 def _align(n: int) -> int:
     return (n + 15) // 16 * 16
+
+
+class Parts(list):
+    """The views :func:`pack` returns (``prelude``, ``rows``, ``meta``, ``payload``, those present), all into one
+    contiguous byte buffer, ``frame`` (what is sent)."""
+
+    frame: torch.Tensor
+
+
+def _frame_layout(n_rows: int, n_meta: int) -> tuple[int, int, int]:
+    """Byte offsets of the rows, the meta and the payload inside a frame."""
+    rows_at = PRELUDE * 8
+    meta_at = rows_at + n_rows * ROW * 8
+    return rows_at, meta_at, _align(meta_at + n_meta)
 
 
 def pack(
@@ -105,60 +131,75 @@ def pack(
     meta: dict[str, Any] | None = None,
     status: int = OK,
     ints: dict[int, int] | None = None,
-) -> list[torch.Tensor]:
-    """Encode a message as the list of contiguous CPU tensors to send, in order.
+) -> Parts:
+    """Encode a message into one contiguous frame; returns views of its parts, in order (``.frame``: all of it).
 
     Args:
-        blocks: ``(block index, version, tensor)`` triples; tensors are copied into one payload buffer.
+        blocks: ``(block index, version, tensor)`` triples; tensors are copied into the frame's payload.
         meta: JSON-serialisable control data.
         ints: extra prelude slots (``{P_SAMPLES: 8, ...}``).
     """
-    prelude = torch.zeros(PRELUDE, dtype=torch.int64)
-    rows = torch.zeros(len(blocks), ROW, dtype=torch.int64)
+    meta_bytes = json.dumps(meta).encode() if meta else b""
+    sizes = []
     offset = 0
-    for i, (block, version, t) in enumerate(blocks):
+    for block, _, t in blocks:
         if t.dim() > MAX_DIMS:
             raise ValueError(f"block {block} has {t.dim()} dimensions; the wire format carries at most {MAX_DIMS}")
-        rows[i, R_BLOCK], rows[i, R_VERSION] = block, version
-        rows[i, R_DTYPE], rows[i, R_NUMEL] = DTYPE_CODE[t.dtype], t.numel()
-        rows[i, R_OFFSET], rows[i, R_NDIM] = offset, t.dim()
-        for d, size in enumerate(t.shape):
-            rows[i, R_DIMS + d] = size
-        offset += _align(t.numel() * t.element_size())
-    payload = torch.empty(offset, dtype=torch.uint8)
-    for i, (_, _, t) in enumerate(blocks):
-        start, n = int(rows[i, R_OFFSET]), t.numel() * t.element_size()
-        if n:
-            payload[start : start + n].copy_(t.detach().contiguous().reshape(-1).view(torch.uint8))
-    meta_bytes = json.dumps(meta).encode() if meta else b""
-    prelude[P_MAGIC], prelude[P_KIND], prelude[P_WORKER], prelude[P_SEQ] = MAGIC, kind, worker, seq
-    prelude[P_ROWS], prelude[P_META], prelude[P_PAYLOAD], prelude[P_STATUS] = (
-        len(blocks), len(meta_bytes), offset, status,
-    )
+        n = t.numel() * t.element_size()
+        sizes.append((offset, n))
+        offset += _align(n)
+    rows_at, meta_at, payload_at = _frame_layout(len(blocks), len(meta_bytes))
+    frame = torch.empty(payload_at + offset, dtype=torch.uint8)
+    header = [0] * PRELUDE
+    header[P_MAGIC], header[P_KIND], header[P_WORKER], header[P_SEQ] = MAGIC, kind, worker, seq
+    header[P_ROWS], header[P_META], header[P_PAYLOAD], header[P_STATUS] = len(blocks), len(meta_bytes), offset, status
     for slot, value in (ints or {}).items():
-        prelude[slot] = int(value)
-    parts = [prelude]
-    if len(blocks):
+        header[slot] = int(value)
+    prelude = frame[:rows_at].view(torch.int64)
+    prelude.copy_(torch.tensor(header, dtype=torch.int64))
+    parts = Parts([prelude])
+    if blocks:
+        table = []
+        for (block, version, t), (start, _) in zip(blocks, sizes):
+            row = [block, version, DTYPE_CODE[t.dtype], t.numel(), start, t.dim(), *t.shape]
+            table.append(row + [0] * (ROW - len(row)))
+        rows = frame[rows_at:meta_at].view(torch.int64).view(len(blocks), ROW)
+        rows.copy_(torch.tensor(table, dtype=torch.int64))
         parts.append(rows)
     if meta_bytes:
-        parts.append(torch.frombuffer(bytearray(meta_bytes), dtype=torch.uint8))
+        meta_view = frame[meta_at : meta_at + len(meta_bytes)]
+        meta_view.copy_(torch.frombuffer(bytearray(meta_bytes), dtype=torch.uint8))
+        parts.append(meta_view)
     if offset:
+        payload = frame[payload_at:]
+        for (_, _, t), (start, n) in zip(blocks, sizes):
+            if n:
+                payload[start : start + n].view(t.dtype).view(t.shape).copy_(t.detach())
         parts.append(payload)
+    frame[meta_at + len(meta_bytes) : payload_at].zero_()  # padding: no stale heap bytes on the wire
+    parts.frame = frame
     return parts
 
 
 class Channel:
     """One direction of one (client, owner) pair: a 2-rank gloo group, used by one thread on each side.
 
+    A message is one send of its whole frame when the frame fits in ``inline`` bytes (the receiver posts one
+    receive into a buffer it keeps for the channel); a larger one is sent as its prelude, then the rest (the receiver
+    validates the prelude before it allocates the rest). Both sides derive ``inline`` from the same schema. The
+    payload of a received message is a view of the channel's buffer: valid until the next receive on the channel.
+
     Every wait is bounded (``Work.wait(timeout)``); any error or timeout marks the channel broken for good
     (gloo tears a pair down after a timeout), and raises :class:`ChannelError`.
     """
 
-    def __init__(self, group: Any, peer: int, max_payload: int) -> None:
+    def __init__(self, group: Any, peer: int, max_payload: int, inline: int = 1 << 16) -> None:
         self.group = group
         self.peer = peer
         self.max_payload = max_payload
+        self.inline = max(int(inline), PRELUDE * 8)
         self.broken: str | None = None
+        self._buffer: torch.Tensor | None = None
 
     def _check(self) -> None:
         if self.broken is not None:
@@ -173,11 +214,13 @@ class Channel:
             timed_out=timed_out,
         )
 
-    def post(self, parts: list[torch.Tensor]) -> list[Any]:
+    def post(self, parts: Parts) -> list[Any]:
         """Start sending a packed message; returns the works (keep them, and ``parts``, until done)."""
         self._check()
+        frame = parts.frame
+        pieces = [frame] if frame.numel() <= self.inline else [frame[: PRELUDE * 8], frame[PRELUDE * 8 :]]
         try:
-            return [dist.isend(p, dst=self.peer, group=self.group) for p in parts]
+            return [dist.isend(p, dst=self.peer, group=self.group) for p in pieces]
         except RuntimeError as e:
             raise self._fail("send", e) from e
 
@@ -185,7 +228,7 @@ class Channel:
         for w in works:
             self._wait(w, timeout, "send")
 
-    def send(self, parts: list[torch.Tensor], timeout: float) -> None:
+    def send(self, parts: Parts, timeout: float) -> None:
         self.complete(self.post(parts), timeout)
 
     def _wait(self, work: Any, timeout: float, what: str) -> None:
@@ -195,8 +238,11 @@ class Channel:
             raise self._fail(what, e) from e
 
     def post_prelude(self) -> tuple[torch.Tensor, Any]:
+        """Post the receive of the next message's first piece (its frame, or its prelude)."""
         self._check()
-        buf = torch.empty(PRELUDE, dtype=torch.int64)
+        if self._buffer is None:
+            self._buffer = torch.empty(self.inline, dtype=torch.uint8)
+        buf = self._buffer
         try:
             return buf, dist.irecv(buf, src=self.peer, group=self.group)
         except RuntimeError as e:
@@ -204,8 +250,9 @@ class Channel:
 
     def receive(self, timeout: float, posted: tuple[torch.Tensor, Any] | None = None) -> Message:
         """Receive one message (waiting at most ``timeout`` for its start and again for its body)."""
-        prelude, work = posted if posted is not None else self.post_prelude()
+        buf, work = posted if posted is not None else self.post_prelude()
         self._wait(work, timeout, "receive")
+        prelude = buf[: PRELUDE * 8].view(torch.int64).clone()
         if int(prelude[P_MAGIC]) != MAGIC or int(prelude[P_KIND]) not in KINDS:
             self.broken = "bad prelude"
             raise ChannelError(f"rank {self.peer} sent a message with a bad header; the channel is closed")
@@ -216,39 +263,44 @@ class Channel:
                 f"rank {self.peer} announced sizes out of range (rows {n_rows}, meta {n_meta}, payload {n_payload} "
                 f"bytes, limit {self.max_payload}); the channel is closed"
             )
-        bufs = []
-        rows = torch.empty(n_rows, ROW, dtype=torch.int64)
-        meta = torch.empty(n_meta, dtype=torch.uint8)
-        payload = torch.empty(n_payload, dtype=torch.uint8)
-        works = []
-        try:
-            for buf, n in ((rows, n_rows), (meta, n_meta), (payload, n_payload)):
-                if n:
-                    works.append(dist.irecv(buf, src=self.peer, group=self.group))
-                    bufs.append(buf)
-        except RuntimeError as e:
-            raise self._fail("receive", e) from e
-        for w in works:
-            self._wait(w, timeout, "receive")
+        rows_at, meta_at, payload_at = _frame_layout(n_rows, n_meta)
+        total = payload_at + n_payload
+        if total > self.inline:  # sent in two pieces: the rest follows
+            frame = torch.empty(total, dtype=torch.uint8)
+            frame[: PRELUDE * 8].copy_(buf[: PRELUDE * 8])
+            try:
+                rest = dist.irecv(frame[PRELUDE * 8 :], src=self.peer, group=self.group)
+            except RuntimeError as e:
+                raise self._fail("receive", e) from e
+            self._wait(rest, timeout, "receive")
+        else:
+            frame = buf
+        rows = frame[rows_at:meta_at].view(torch.int64).view(n_rows, ROW).clone()
         decoded: dict[str, Any] = {}
         if n_meta:
             try:
-                decoded = json.loads(bytes(meta.numpy()).decode())
+                decoded = json.loads(bytes(frame[meta_at : meta_at + n_meta].numpy()).decode())
             except (ValueError, UnicodeDecodeError):
                 decoded = {"_invalid": True}
             if not isinstance(decoded, dict):
                 decoded = {"_invalid": True}
-        return Message(prelude, rows, decoded, payload if n_payload else None)
+        return Message(prelude, rows, decoded, frame[payload_at:total] if n_payload else None)
+
+
+def inline_size(sizes: Sequence[int]) -> int:
+    """The frame size sent in one piece for blocks of ``sizes`` bytes: any push or parameter reply fits."""
+    return min(PRELUDE * 8 + len(sizes) * ROW * 8 + sum(_align(s) for s in sizes) + 4096, 1 << 22)
 
 
 def row_matches(row: torch.Tensor, reference: torch.Tensor) -> str | None:
     """``None`` if the row describes a tensor of ``reference``'s dtype and shape, else the reason."""
-    code = int(row[R_DTYPE])
+    row = row.tolist() if isinstance(row, torch.Tensor) else row
+    code = row[R_DTYPE]
     if code not in CODE_DTYPE or CODE_DTYPE[code] != reference.dtype:
         return f"dtype {CODE_DTYPE.get(code, code)} != {reference.dtype}"
-    ndim = int(row[R_NDIM])
-    shape = tuple(int(v) for v in row[R_DIMS : R_DIMS + max(0, min(ndim, MAX_DIMS))])
-    if ndim != reference.dim() or shape != tuple(reference.shape) or int(row[R_NUMEL]) != reference.numel():
+    ndim = row[R_NDIM]
+    shape = tuple(row[R_DIMS : R_DIMS + max(0, min(ndim, MAX_DIMS))])
+    if ndim != reference.dim() or shape != tuple(reference.shape) or row[R_NUMEL] != reference.numel():
         return f"shape {shape} != {tuple(reference.shape)}"
     return None
 
@@ -261,9 +313,9 @@ def decode_block(message: Message, i: int, reference: torch.Tensor) -> torch.Ten
 
 def payload_fits(message: Message, i: int) -> bool:
     """Whether row ``i``'s byte range lies inside the payload."""
-    row = message.rows[i]
-    code = int(row[R_DTYPE])
+    row = message.rows[i].tolist()
+    code = row[R_DTYPE]
     if code not in CODE_DTYPE or message.payload is None:
         return False
-    start, nbytes = int(row[R_OFFSET]), int(row[R_NUMEL]) * _itemsize(CODE_DTYPE[code])
+    start, nbytes = row[R_OFFSET], row[R_NUMEL] * _ITEMSIZE[CODE_DTYPE[code]]
     return start >= 0 and start % 16 == 0 and nbytes >= 0 and start + nbytes <= message.payload.numel()

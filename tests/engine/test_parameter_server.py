@@ -226,6 +226,48 @@ def _check_invariants(counters: dict, histogram: list[int], max_staleness: int) 
     assert all(n == 0 for s, n in enumerate(histogram) if s > max_staleness)
 
 
+_CHANNEL_PAIR = """
+import json, sys, torch, torch.distributed as dist
+from lightning_async.engine import ps_wire as wire
+rank, init = int(sys.argv[1]), sys.argv[2]
+dist.init_process_group("gloo", init_method="file://" + init, rank=rank, world_size=2)
+group = dist.new_group([0, 1], backend="gloo")
+channel = wire.Channel(group, 1 - rank, max_payload=1 << 20, inline=1024)
+small = [(0, 3, torch.arange(6, dtype=torch.float64).reshape(2, 3))]  # one piece
+large = [(1, 4, torch.arange(300, dtype=torch.float32)), (2, 4, torch.ones(5, dtype=torch.int64))]  # two pieces
+for blocks, meta in ((small, None), (large, {"k": "v"}), (small, None)):
+    if rank == 0:
+        channel.send(wire.pack(wire.PUSH, 0, 1, blocks=blocks, meta=meta), 30.0)
+    else:
+        m = channel.receive(30.0)
+        assert m[wire.P_KIND] == wire.PUSH and m.meta == (meta or {}), (m.header, m.meta)
+        for i, (b, v, t) in enumerate(blocks):
+            assert m.rows[i, wire.R_BLOCK] == b and m.rows[i, wire.R_VERSION] == v
+            assert wire.row_matches(m.rows[i], t) is None and wire.payload_fits(m, i)
+            assert torch.equal(wire.decode_block(m, i, t), t)
+print("ok", rank)
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.timeout(120)
+def test_channel_sends_small_frames_in_one_piece_and_large_ones_in_two(tmp_path):
+    script = tmp_path / "pair.py"
+    script.write_text(_CHANNEL_PAIR)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, str(script), str(r), str(tmp_path / "rendezvous")], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in range(2)]
+    try:
+        outs = [p.communicate(timeout=90) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait(timeout=10)
+    for r, (p, (out, err)) in enumerate(zip(procs, outs)):
+        assert p.returncode == 0 and f"ok {r}" in out, err[-2000:]
+
+
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("policy", ["wait", "accumulate", "drop"])
 def test_two_workers_keep_the_bound_under_a_straggler(tmp_path, policy):
