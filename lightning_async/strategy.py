@@ -246,22 +246,7 @@ class AsyncAdaptiveStrategy(DDPStrategy):
             token[0] = secrets.randbits(62)
         if dist.is_available() and dist.is_initialized():
             dist.broadcast(token, src=0)
-        if self.engine_name == "parameter_server":
-            # built collectively on every rank (it creates its process groups in the same order everywhere)
-            return ParameterServerEngine(
-                worker=self.global_rank,
-                num_workers=self.world_size,
-                params=self._local_params,
-                optimizer=optimizer,
-                max_staleness=self.max_staleness,
-                bound_policy=self.bound_policy,
-                timeout=self.engine_timeout,
-                max_consecutive_nonfinite=self.max_consecutive_nonfinite,
-                namespace=f"lightning_async/ps/{int(token[0]):016x}",
-            )
-        directory = run_directory(int(token[0]))
-        kwargs = dict(
-            directory=directory,
+        common: dict[str, Any] = dict(
             worker=self.global_rank,
             num_workers=self.world_size,
             params=self._local_params,
@@ -270,8 +255,11 @@ class AsyncAdaptiveStrategy(DDPStrategy):
             bound_policy=self.bound_policy,
             timeout=self.engine_timeout,
             max_consecutive_nonfinite=self.max_consecutive_nonfinite,
-            lock_free=self.lock_free,
         )
+        if self.engine_name == "parameter_server":
+            # built collectively on every rank (it creates its process groups in the same order everywhere)
+            return ParameterServerEngine(**common, namespace=f"lightning_async/ps/{int(token[0]):016x}")
+        kwargs = dict(common, directory=run_directory(int(token[0])), lock_free=self.lock_free)
         engine = SharedMemoryEngine(create=True, **kwargs) if self.global_rank == 0 else None
         self.barrier("lightning_async.engine_created")
         if engine is None:
