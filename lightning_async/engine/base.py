@@ -13,6 +13,7 @@ received``; every applied update's staleness is recorded in a histogram whose su
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -133,3 +134,19 @@ class Engine(ABC):
     @abstractmethod
     def close(self) -> None:
         """Release shared resources (idempotent)."""
+
+
+def all_finite(grads: Sequence[torch.Tensor | None]) -> bool:
+    """Whether every floating-point gradient is finite: one fused reduction, not a Python loop over tensors."""
+    tensors = [g for g in grads if g is not None and (g.is_floating_point() or g.is_complex())]
+    if not tensors:
+        return True
+    norms = torch._foreach_norm(tensors, ord=math.inf)
+    return bool(torch.isfinite(torch.stack([n.float() for n in norms])).all())
+
+
+def is_async_optimizer(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether the optimizer takes ``step(staleness=...)`` (a :mod:`lightning_async.optim` optimizer)."""
+    from lightning_async.optim import AsyncOptimizer  # engines may use the rules; the rules never import engines
+
+    return isinstance(optimizer, AsyncOptimizer)

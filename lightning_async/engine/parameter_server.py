@@ -86,7 +86,7 @@ import torch
 import torch.distributed as dist
 
 from lightning_async.engine import ps_wire as wire
-from lightning_async.engine.base import COUNTERS, Engine, Telemetry
+from lightning_async.engine.base import COUNTERS, Engine, Telemetry, all_finite, is_async_optimizer
 from lightning_async.engine.bound import StalenessBound
 from lightning_async.errors import AsyncTrainingError, NonFiniteGradientError, WorkerDiedError, WorkerTimeoutError
 
@@ -147,7 +147,7 @@ class _Authority:
         self.last_seen = [time.time()] * p
         self.failed: AsyncTrainingError | None = None
         self._c = {n: i for i, n in enumerate(OWNER_COUNTERS)}
-        self._async = _is_async_optimizer(self.optimizer)
+        self._async = is_async_optimizer(self.optimizer)
 
     # -------------------------------------------------------------- bookkeeping
     def count(self, w: int, name: str, delta: int = 1) -> None:
@@ -316,7 +316,7 @@ class _Authority:
             held = self.reads.get(w)
             if held is None or held != base or base > self.version:
                 return self._reject(w, "rejected_version", release=held is not None and held != base), -1, None
-            if flags & wire.F_NONFINITE or not (finite or _all_finite([g for _, g in grads])):
+            if flags & wire.F_NONFINITE or not (finite or all_finite([g for _, g in grads])):
                 return self._reject(w, "rejected_nonfinite", release=False), -1, None
             others = lambda: [r for v, r in self.reads.items() if v != w]  # noqa: E731
             policy = self.e.bound.policy
@@ -831,7 +831,7 @@ class ParameterServerEngine(Engine):
         self._local_step += 1
         self._gradients += 1
         grads = [q.grad for q in local_params]
-        finite = _all_finite(grads)
+        finite = all_finite(grads)
         verdicts = self._push_all(local_params, grads, samples, finite=finite, must_apply=False)
         if not finite or "rejected_nonfinite" in verdicts.values():
             self._nonfinite_streak += 1
@@ -1330,22 +1330,6 @@ def _decode_any(message: wire.Message, i: int) -> torch.Tensor:
 
 def _padded(n: int) -> int:
     return (n + 15) // 16 * 16
-
-
-def _all_finite(grads: Sequence[torch.Tensor | None]) -> bool:
-    tensors = [g for g in grads if g is not None and (g.is_floating_point() or g.is_complex())]
-    if not tensors:
-        return True
-    norms = torch._foreach_norm(tensors, ord=math.inf)
-    return bool(torch.isfinite(torch.stack([n.float() for n in norms])).all())
-
-
-def _is_async_optimizer(optimizer: torch.optim.Optimizer) -> bool:
-    try:
-        from lightning_async.optim import AsyncOptimizer
-    except ImportError:  # pragma: no cover
-        return False
-    return isinstance(optimizer, AsyncOptimizer)
 
 
 def _optimizer_index(optimizer: torch.optim.Optimizer, params: Sequence[torch.Tensor]) -> list[int]:

@@ -29,7 +29,6 @@ them, which then runs under a lock so that exactly one worker creates each param
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from collections.abc import Sequence
@@ -40,7 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lightning_async.engine.base import COUNTERS, TIMERS, Engine, Telemetry
+from lightning_async.engine.base import COUNTERS, TIMERS, Engine, Telemetry, all_finite, is_async_optimizer
 from lightning_async.engine.bound import StalenessBound, is_feasible
 from lightning_async.engine.shm import FileLock, map_array, map_tensor, pid_alive
 from lightning_async.errors import NonFiniteGradientError, WorkerDiedError, WorkerTimeoutError
@@ -206,7 +205,7 @@ class SharedMemoryEngine(Engine):
         self._local_step += 1
         self._count("gradients")
         grads = [q.grad for q in local_params]
-        if not _all_finite(grads):
+        if not all_finite(grads):
             self._count("received")
             self._count("rejected_nonfinite")
             self._nonfinite_streak += 1
@@ -318,7 +317,7 @@ class SharedMemoryEngine(Engine):
                     q.grad = grad
 
     def _step(self, staleness: int) -> None:
-        if _is_async_optimizer(self.optimizer):
+        if is_async_optimizer(self.optimizer):
             self.optimizer.step(staleness=staleness)  # type: ignore[call-arg]
         else:
             self.optimizer.step()
@@ -579,25 +578,6 @@ class SharedMemoryEngine(Engine):
         self.lock.close()
         self.state_lock.close()
         self.write_lock.close()
-
-
-def _all_finite(grads: Sequence[torch.Tensor | None]) -> bool:
-    tensors = [g for g in grads if g is not None]
-    if not tensors:
-        return True
-    # one fused reduction instead of a Python loop of isfinite().all() calls
-    norms = torch._foreach_norm(tensors, ord=math.inf) if hasattr(torch, "_foreach_norm") else None
-    if norms is None:
-        return all(bool(torch.isfinite(g).all()) for g in tensors)
-    return bool(torch.isfinite(torch.stack([n.float() for n in norms])).all())
-
-
-def _is_async_optimizer(optimizer: torch.optim.Optimizer) -> bool:
-    try:
-        from lightning_async.optim import AsyncOptimizer
-    except ImportError:  # the optimizer package may be absent in a partial install
-        return False
-    return isinstance(optimizer, AsyncOptimizer)
 
 
 def _safe(key: Any) -> str:
