@@ -104,7 +104,8 @@ class Engine(ABC):
     @abstractmethod
     def submit(self, local_params: Sequence[torch.Tensor], samples: int) -> str:
         """Offer the gradients in ``local_params[i].grad``; return the verdict (``"applied"``, ``"deferred"``,
-        ``"rejected_stale"`` or ``"rejected_nonfinite"``)."""
+        ``"rejected_stale"`` or ``"rejected_nonfinite"``; the parameter-server engine with overlap also returns
+        ``"sent"``: handed to a remote owner, whose verdict is counted in the telemetry)."""
 
     @abstractmethod
     def end_epoch(self, local_params: Sequence[torch.Tensor]) -> None:

@@ -75,10 +75,12 @@ import copy
 import datetime
 import json
 import math
+import queue
 import threading
 import time
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -93,7 +95,7 @@ from lightning_async.errors import AsyncTrainingError, NonFiniteGradientError, W
 #: counters kept by each owner, per worker
 OWNER_COUNTERS: tuple[str, ...] = (
     "received", "applied", "rejected_stale", "rejected_nonfinite", "rejected_schema", "rejected_duplicate",
-    "rejected_version", "deferred", "samples", "lost",
+    "rejected_version", "deferred", "samples", "lost", "overlapped",
 )
 REJECTIONS: tuple[str, ...] = tuple(c for c in OWNER_COUNTERS if c.startswith("rejected_"))
 #: values each worker reports with its requests (progress, for telemetry)
@@ -125,6 +127,53 @@ def assign_blocks(sizes: Sequence[int], owners: Sequence[int]) -> dict[int, list
     return {o: sorted(b) for o, b in owned.items()}
 
 
+@dataclass(eq=False)
+class _Posted:
+    """A pipelined push on its way to a remote owner, and (once ``done``) the owner's reply."""
+
+    parts: wire.Parts
+    works: list[Any]
+    prelude: tuple[torch.Tensor, Any]
+    done: threading.Event = field(default_factory=threading.Event)
+    reply: wire.Message | None = None
+    error: wire.ChannelError | None = None
+    checked: bool = False
+    detached: bool = False
+    verdict: str = ""
+    read: int = -1
+
+
+class _ReplyWaiter:
+    """Waits, off the training thread, for the replies to one remote owner's pipelined pushes.
+
+    The training thread posts the send and the receive itself (so the bytes move as soon as the owner answers);
+    this thread only calls the bounded ``wait``s that gloo needs before a work counts as done, and sets
+    ``done``. The training thread never touches the channel while a push is in flight.
+    """
+
+    def __init__(self, channel: wire.Channel, timeout: float, name: str) -> None:
+        self.channel = channel
+        self.timeout = timeout
+        self.jobs: queue.SimpleQueue[_Posted | None] = queue.SimpleQueue()
+        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while (job := self.jobs.get()) is not None:
+            try:
+                self.channel.complete(job.works, self.timeout)
+                job.reply = self.channel.receive(self.timeout, job.prelude)
+            except wire.ChannelError as e:
+                job.error = e
+            except Exception as e:  # noqa: BLE001 - never leave the training thread waiting on a dead waiter
+                job.error = wire.ChannelError(f"{type(e).__name__}: {e}")
+            finally:
+                job.done.set()
+
+    def stop(self) -> None:
+        self.jobs.put(None)
+
+
 class _Authority:
     """What one owner rank holds for its block group, shared by its server threads and its own worker."""
 
@@ -136,7 +185,7 @@ class _Authority:
         self.optimizer, self._group_of = _restricted_optimizer(engine.optimizer, engine.params, self.shadows)
         self.version = 0
         self.block_versions = {b: 0 for b in blocks}
-        self.reads: dict[int, int] = {}
+        self.reads: dict[int, list[int]] = {}  # worker -> read versions it holds, oldest first (two with overlap)
         self.read_queue: list[int] = []  # workers waiting for a read, first come first served
         self.last_seq: dict[int, int] = {}
         p = engine.num_workers
@@ -180,9 +229,35 @@ class _Authority:
     def _describe(self, holders: list[int]) -> str:
         now = time.time()
         return "; ".join(
-            f"worker {h} holds read version {self.reads[h]} (last message {now - self.last_seen[h]:.1f}s ago)"
+            f"worker {h} holds read version {_versions(self.reads[h])} (last message "
+            f"{now - self.last_seen[h]:.1f}s ago)"
             for h in holders if h in self.reads
         ) or "no other worker holds a read"
+
+    def _in_flight(self, w: int, skip_oldest: bool = False) -> list[int]:
+        """Every read in flight (``w``'s own included: with overlap its next read is in flight while its last
+        update travels), without ``w``'s oldest if ``skip_oldest`` (the update being applied)."""
+        out = [r for v, rs in self.reads.items() if v != w for r in rs]
+        mine = self.reads.get(w, [])
+        return out + (mine[1:] if skip_oldest else mine)
+
+    def _take_read(self, w: int) -> int:
+        self.reads.setdefault(w, []).append(self.version)
+        return self.version
+
+    def _drop_oldest(self, w: int) -> None:
+        held = self.reads.get(w)
+        if held:
+            held.pop(0)
+            if not held:
+                del self.reads[w]
+            self.cond.notify_all()
+
+    def _drop_all(self, w: int) -> int:
+        dropped = len(self.reads.pop(w, ()))
+        if dropped:
+            self.cond.notify_all()
+        return dropped
 
     def wait_for(self, w: int, predicate: Any, what: str) -> None:
         """Under the lock: wait until ``predicate()``; on ``timeout``, fail or evict the silent read holders."""
@@ -223,8 +298,9 @@ class _Authority:
             self.status[w] = max(self.status[w], status) if self.status[w] != _FINISHED else _FINISHED
             return
         self.status[w] = status
-        if self.reads.pop(w, None) is not None:
-            self.count(w, "lost")  # the update it was computing will never arrive
+        lost = self._drop_all(w)
+        if lost:
+            self.count(w, "lost", lost)  # the updates it was computing (or sending) will never arrive
         self.cond.notify_all()
 
     def worker_failed(self, w: int, error: wire.ChannelError) -> None:
@@ -253,7 +329,7 @@ class _Authority:
         with self.cond:
             if self.status[w] not in (_EVICTED, _DEAD):
                 self.status[w] = _FINISHED
-            self.reads.pop(w, None)
+            self._drop_all(w)
             self.cond.notify_all()
 
     # -------------------------------------------------------------- reads
@@ -265,9 +341,9 @@ class _Authority:
             return out([(b, self.block_versions[b], self.shadows[b].detach()) for b in self.blocks])
         return [(b, self.block_versions[b], self.shadows[b].detach().clone()) for b in self.blocks]
 
-    def _may_read(self, w: int) -> bool:
-        others = [r for v, r in self.reads.items() if v != w]
-        return self.e.bound.may_read(self.version, others)
+    def _may_read(self, w: int, pair: bool = False) -> bool:
+        held = self._in_flight(w)
+        return self.e.bound.may_read(self.version, [*held, self.version] if pair else held)
 
     def read(self, w: int, mode: int, out: Any = None) -> tuple[int, Any]:
         """Serve a READ: returns (version or -1 if no read was taken, parameters or None)."""
@@ -275,50 +351,59 @@ class _Authority:
             self.check(w)
             self.last_seen[w] = time.time()
             if mode in (wire.RELEASE, wire.RELEASE_REFRESH):
-                if self.reads.pop(w, None) is not None:
-                    self.cond.notify_all()
+                self._drop_all(w)  # every read: the pushes sent before this request were served before it
                 if mode == wire.RELEASE:
                     return -1, None
             if mode in (wire.REFRESH, wire.RELEASE_REFRESH):
                 return -1, self.params_out(out)
             if w in self.reads:  # already holds one: hand back the same version's parameters cannot be done
                 raise AsyncTrainingError(f"worker {w} asked owner rank {self.e.worker} for a second read")
+            pair = mode == wire.READ_PAIR  # two reads of one version: the worker's next gradient is computed on
+            # these parameters too, while its first update travels (overlap)
             if mode == wire.READ_TRY:
                 if self.read_queue or not self._may_read(w):
                     return -1, None
             else:  # first come first served: a worker that re-reads at once must not starve a waiting one
                 self.read_queue.append(w)
                 try:
-                    self.wait_for(w, lambda: self.read_queue[0] == w and self._may_read(w), "take a read")
+                    self.wait_for(w, lambda: self.read_queue[0] == w and self._may_read(w, pair), "take a read")
                 finally:
                     self.read_queue.remove(w)
                     self.cond.notify_all()
-            self.reads[w] = self.version
-            return self.version, self.params_out(out)
+            if pair:
+                self._take_read(w)
+            return self._take_read(w), self.params_out(out)
 
     # -------------------------------------------------------------- updates
     def push(
         self, w: int, seq: int, base: int, grads: list[tuple[int, Any]], samples: int, flags: int,
-        schema_error: str | None, out: Any = None, finite: bool = False,
+        schema_error: str | None, out: Any = None, finite: bool = False, deferred: int = 0,
     ) -> tuple[str, int, Any]:
         """Check and admit one update; returns (verdict, read version taken or -1, parameters or None).
 
-        ``out``: see :meth:`params_out`. ``finite``: the caller (the local worker) already checked these very
-        gradients."""
+        The update's base must be the oldest read ``w`` holds here (a worker's updates arrive in the order of its
+        reads). ``out``: see :meth:`params_out`. ``finite``: the caller (the local worker) already checked these very
+        gradients. ``deferred``: gradients the worker summed into this update while its previous one was in
+        flight (counted as ``deferred``)."""
         with self.cond:
             self.check(w)
             self.last_seen[w] = time.time()
             if seq <= self.last_seq.get(w, 0):
                 return self._reject(w, "rejected_duplicate", release=False), -1, None
             self.last_seq[w] = seq
+            if deferred:
+                self.count(w, "deferred", deferred)  # summed into this update by the worker (overlap)
             if schema_error is not None:
                 return self._reject(w, "rejected_schema", release=True), -1, None
             held = self.reads.get(w)
-            if held is None or held != base or base > self.version:
-                return self._reject(w, "rejected_version", release=held is not None and held != base), -1, None
+            if not held or held[0] != base or base > self.version:
+                if held and held[0] != base:
+                    self._drop_all(w)
+                return self._reject(w, "rejected_version", release=False), -1, None
+            pipelined = bool(flags & wire.F_PIPELINED)  # the worker moved on: a rejection consumes the read
             if flags & wire.F_NONFINITE or not (finite or all_finite([g for _, g in grads])):
-                return self._reject(w, "rejected_nonfinite", release=False), -1, None
-            others = lambda: [r for v, r in self.reads.items() if v != w]  # noqa: E731
+                return self._reject(w, "rejected_nonfinite", release=pipelined), -1, None
+            others = lambda: self._in_flight(w, skip_oldest=True)  # noqa: E731
             policy = self.e.bound.policy
             if policy == "wait" or (flags & wire.F_MUST_APPLY and policy == "accumulate"):
                 self.wait_for(w, lambda: self.e.bound.may_apply(self.version, base, others()), "apply an update")
@@ -331,21 +416,22 @@ class _Authority:
             self._apply(grads, staleness)
             self.count(w, "received")
             self.count(w, "applied")
+            if pipelined:
+                self.count(w, "overlapped")
             if self.e.owner_ranks[0] == self.e.worker:
                 self.count(w, "samples", samples)
             self.hist[w, min(staleness, self.e._bins - 1)] += 1
-            del self.reads[w]
+            self._drop_oldest(w)
             self.cond.notify_all()
             if flags & wire.F_WANT_READ and not self.read_queue and self._may_read(w):
-                self.reads[w] = self.version
-                return "applied", self.version, self.params_out(out)
+                return "applied", self._take_read(w), self.params_out(out)
             return "applied", -1, None
 
     def _reject(self, w: int, reason: str, *, release: bool) -> str:
         self.count(w, "received")
         self.count(w, reason)
-        if release and self.reads.pop(w, None) is not None:
-            self.cond.notify_all()
+        if release:
+            self._drop_oldest(w)
         return reason
 
     def _apply(self, grads: list[tuple[int, Any]], staleness: int) -> None:
@@ -425,7 +511,7 @@ class _Authority:
                 "reported": self.reported.tolist(),
                 "status": list(self.status),
                 "last_seen": list(self.last_seen),
-                "reads": {str(k): v for k, v in self.reads.items()},
+                "reads": {str(k): list(v) for k, v in self.reads.items()},
             }
 
     def adopt(self, engine: ParameterServerEngine) -> None:
@@ -469,6 +555,11 @@ class ParameterServerEngine(Engine):
             ``"continue"``.
         hang_timeout: seconds a worker holding a read may stay silent before its owners call it hung
             (default ``2 * timeout``). It must exceed the longest step.
+        overlap: pipeline the pushes to remote owners: a worker sends its update and computes its next gradient
+            while the update travels and is applied, instead of waiting for the round trip. Each of its updates to
+            a remote owner is then at least one version stale (its own previous update lands in between), so it
+            needs ``max_staleness >= 1``, and it does not combine with ``bound_policy="wait"``. Default
+            (``None``): on unless the policy is ``"wait"`` or ``max_staleness`` is below 2.
         namespace: prefix of this engine's keys in the default store (make it unique per engine and attempt).
         store: the store for the batch cursor and finish marks (default: the default process group's store).
     """
@@ -487,6 +578,7 @@ class ParameterServerEngine(Engine):
         on_worker_failure: str = "stop",
         owner_ranks: Sequence[int] | None = None,
         hang_timeout: float | None = None,
+        overlap: bool | None = None,
         namespace: str = "lightning_async/ps",
         store: Any | None = None,
     ) -> None:
@@ -507,6 +599,23 @@ class ParameterServerEngine(Engine):
         self.params = list(params)
         self.optimizer = optimizer
         self.bound = StalenessBound(max_staleness, bound_policy)
+        if overlap is None:
+            overlap = bound_policy != "wait" and (max_staleness is None or max_staleness >= 2)
+        elif not isinstance(overlap, bool):
+            raise ValueError(f"overlap must be True, False or None (automatic), got {overlap!r}.")
+        elif overlap and bound_policy == "wait":
+            raise ValueError(
+                "overlap=True does not combine with bound_policy='wait': a waiting worker would hold the read for "
+                "its next gradient while it waits, and two such workers can wait for each other. Use "
+                "bound_policy='accumulate' (the default: it never idles a worker) or overlap=False."
+            )
+        elif overlap and max_staleness is not None and max_staleness < 1:
+            raise ValueError(
+                f"overlap=True needs max_staleness >= 1, got max_staleness={max_staleness}: with overlap a worker "
+                "computes its next gradient while its last update travels, so each of its updates is at least one "
+                "version stale. Set overlap=False (or None) for max_staleness=0."
+            )
+        self.overlap = overlap
         self.timeout = float(timeout)
         self.reply_timeout = 2.0 * self.timeout + 1.0
         self.max_consecutive_nonfinite = max_consecutive_nonfinite
@@ -548,6 +657,16 @@ class ParameterServerEngine(Engine):
                     elif worker == o:
                         self._server[c] = wire.Channel(group, c, self._max_payload, inline)
         self.authority = _Authority(self, self.ownership[worker]) if worker in owners else None
+        # ---- overlap: a thread per remote owner waits for the replies to pipelined pushes (gloo's works cannot
+        # be polled: is_completed() stays False until wait() is called)
+        self._waiters = {
+            o: _ReplyWaiter(channel, self.reply_timeout, f"lasync-ps-reply-{o}")
+            for o, channel in self._client.items()
+        } if self.overlap else {}
+        self._inflight: dict[int, _Posted] = {}
+        self._spare = {o: False for o in owners}  # a second read of the version held (overlap's first step)
+        self._overlap_deferred = {o: 0 for o in owners}
+        self._owned_pending: set[int] = set()
         # ---- worker-side state, per owner
         self._seq = 0
         self._reads: dict[int, int | None] = {o: None for o in owners}
@@ -641,7 +760,8 @@ class ParameterServerEngine(Engine):
         if kind == wire.PUSH:
             grads, schema_error = self._decode_push(m)
             verdict, version, reply = auth.push(
-                c, seq, m[wire.P_VERSION], grads, m[wire.P_SAMPLES], m[wire.P_FLAGS], schema_error, out
+                c, seq, m[wire.P_VERSION], grads, m[wire.P_SAMPLES], m[wire.P_FLAGS], schema_error, out,
+                deferred=max(0, m[wire.P_EXTRA]),
             )
             reply = reply if reply is not None else wire.pack(wire.RESPONSE, self.worker, seq)
             reply[0][wire.P_VERSION], reply[0][wire.P_EXTRA] = auth.version, version
@@ -695,6 +815,8 @@ class ParameterServerEngine(Engine):
     def _exchange(self, requests: dict[int, list[torch.Tensor]], local: Any = None) -> dict[int, wire.Message]:
         """Send ``requests`` (owner -> packed message) to remote owners at once, run ``local()`` meanwhile,
         and collect the replies. Raises the error an owner replied with, or one naming a dead/hung owner."""
+        for owner in requests:
+            self._settle(owner)  # a pipelined push's reply comes first on the channel
         posted = {}
         for owner, parts in requests.items():
             channel = self._client[owner]
@@ -716,12 +838,104 @@ class ParameterServerEngine(Engine):
             if parts[0][wire.P_KIND] == wire.PUSH:
                 self._last_push[owner] = parts
         for owner, reply in replies.items():
-            if reply[wire.P_STATUS] != wire.OK:
-                cls = _ERRORS.get(str(reply.meta.get("error")), AsyncTrainingError)
-                raise cls(f"{reply.meta.get('message', 'error')} (reported by owner rank {owner} to worker "
-                          f"{self.worker})")
-            self._owner_versions[owner] = max(self._owner_versions[owner], reply[wire.P_VERSION])
+            self._check_reply(owner, reply)
         return replies
+
+    def _check_reply(self, owner: int, reply: wire.Message) -> None:
+        if reply[wire.P_STATUS] != wire.OK:
+            cls = _ERRORS.get(str(reply.meta.get("error")), AsyncTrainingError)
+            raise cls(f"{reply.meta.get('message', 'error')} (reported by owner rank {owner} to worker "
+                      f"{self.worker})")
+        self._owner_versions[owner] = max(self._owner_versions[owner], reply[wire.P_VERSION])
+
+    # ------------------------------------------------------------------ overlap (pipelined pushes)
+    def _post_pipelined(self, owner: int, parts: wire.Parts) -> None:
+        channel = self._client[owner]
+        try:
+            posted = _Posted(parts, channel.post(parts), channel.post_prelude())
+        except wire.ChannelError as e:
+            raise self._owner_error(owner, e) from e
+        self._inflight[owner] = posted
+        self._waiters[owner].jobs.put(posted)
+
+    def _await(self, owner: int) -> _Posted | None:
+        """Wait (bounded) for the reply to the push in flight to ``owner``; raise what failed."""
+        posted = self._inflight.get(owner)
+        if posted is None or posted.checked:
+            return posted
+        if not posted.done.wait(2 * self.reply_timeout + 1.0):  # the waiter's two waits are each bounded
+            raise self._owner_error(owner, wire.ChannelError("no reply", timed_out=True))
+        if posted.error is not None or posted.reply is None:
+            self._inflight.pop(owner, None)
+            raise self._owner_error(owner, posted.error or wire.ChannelError("no reply"))
+        reply = posted.reply
+        self._last_push[owner] = posted.parts
+        try:
+            self._check_reply(owner, reply)
+        except AsyncTrainingError:
+            self._inflight.pop(owner, None)
+            raise
+        posted.verdict = _CODE_V.get(reply[wire.P_FLAGS], "rejected_schema")
+        posted.read = reply[wire.P_EXTRA]
+        posted.checked = True
+        return posted
+
+    def _settle(self, owner: int) -> None:
+        """Before another request to ``owner``: take the in-flight push's reply off the channel (its parameters are
+        copied out of the channel's buffer, which the next receive reuses; they are used at the next step)."""
+        posted = self._await(owner)
+        if posted is not None and not posted.detached and posted.reply is not None \
+                and posted.reply.payload is not None:
+            posted.reply.payload = posted.reply.payload.clone()
+            posted.detached = True
+
+    def _consume(self, owner: int, local_params: Sequence[torch.Tensor]) -> str | None:
+        """Make the in-flight push's reply current: its fresh parameters and read (if granted) become this
+        worker's for ``owner``'s blocks. Returns that push's verdict (``None`` if nothing was in flight)."""
+        posted = self._await(owner)
+        if posted is None:
+            return None
+        del self._inflight[owner]
+        if posted.read >= 0:
+            assert posted.reply is not None
+            self._copy_reply(local_params, posted.reply, owner)
+            self._reads[owner] = posted.read
+        else:
+            self._reads[owner] = None
+        return posted.verdict
+
+    def _push_pipelined(self, owner: int, local_params: Sequence[torch.Tensor], grads: list[torch.Tensor | None],
+                        samples: int) -> str:
+        """Send this (finite) gradient to remote ``owner`` and return at once (``"sent"``); the reply, with the
+        parameters for the step after next, is taken at the next step. If the previous push's reply has not come
+        back and the policy is ``"accumulate"``, the gradient is summed into the next push instead
+        (``"deferred"``)."""
+        base = self._reads[owner]
+        if base is None:
+            raise AsyncTrainingError(f"worker {self.worker}: submit() without a read at owner rank {owner}; call "
+                                     "begin_step() first")
+        previous = self._inflight.get(owner)
+        policy = self.bound.policy
+        if previous is not None and not previous.done.is_set() and policy == "accumulate":
+            self._add_pending(owner, grads, samples, own=True)
+            self._overlap_deferred[owner] += 1
+            return "deferred"
+        blocks = self._add_pending(owner, grads, samples)
+        flags = wire.F_WANT_READ | wire.F_PIPELINED | (wire.F_MUST_APPLY if policy == "accumulate" else 0)
+        parts = self._request(owner, wire.PUSH, blocks=[(b, base, g) for b, g in blocks], ints={
+            wire.P_VERSION: base, wire.P_SAMPLES: self._pending_samples[owner], wire.P_FLAGS: flags,
+            wire.P_EXTRA: self._overlap_deferred[owner],
+        })
+        self._clear_pending(owner)
+        self._overlap_deferred[owner] = 0
+        if previous is not None:
+            self._consume(owner, local_params)  # the parameters (and read) for the next gradient
+        elif self._spare[owner]:
+            self._spare[owner] = False  # the next gradient is computed on these parameters again
+        else:
+            self._reads[owner] = None
+        self._post_pipelined(owner, parts)
+        return "sent"
 
     def _owner_error(self, owner: int, e: wire.ChannelError) -> AsyncTrainingError:
         blocks = self.ownership[owner]
@@ -790,14 +1004,23 @@ class ParameterServerEngine(Engine):
         if not missing:
             return  # holding reads everywhere: keep computing on the same parameters
         start = time.perf_counter()
-        # ordered acquisition: release fresh reads above the first missing owner, then read in ascending order
+        # ordered acquisition: this worker waits at an owner only while it holds reads at lower owners alone. So
+        # first release the fresh reads above the first missing one (highest first: settling a pipelined push is a
+        # wait at that owner), then take the missing reads in ascending order (from an in-flight reply if it
+        # brings one, else by a read that waits at the owner's gate)
         first = missing[0]
         release = [o for o in self.owner_ranks if o > first and self._reads[o] is not None and self._pending[o] is None]
-        if release:
+        if release and not self._inflight:
             self._read_many(local_params, release, wire.RELEASE)
+        else:
+            for o in reversed(release):
+                self._read_many(local_params, [o], wire.RELEASE)
         for o in self.owner_ranks:
             if o >= first and self._reads[o] is None:
-                self._read_many(local_params, [o], wire.READ_WAIT)
+                if o in self._inflight:
+                    self._consume(o, local_params)
+                if self._reads[o] is None:
+                    self._read_many(local_params, [o], wire.READ_PAIR if o in self._waiters else wire.READ_WAIT)
         self._busy_seconds += time.perf_counter() - start
 
     def _read_many(self, local_params: Sequence[torch.Tensor], owners: list[int], mode: int) -> None:
@@ -819,10 +1042,13 @@ class ParameterServerEngine(Engine):
             else:
                 version = replies[o][wire.P_EXTRA]
                 self._copy_reply(local_params, replies[o], o)
-            if mode in (wire.READ_WAIT, wire.READ_TRY):
+            if mode in (wire.READ_WAIT, wire.READ_TRY, wire.READ_PAIR):
                 self._reads[o] = version if version >= 0 else None
+                self._spare[o] = mode == wire.READ_PAIR and version >= 0
             elif mode in (wire.RELEASE, wire.RELEASE_REFRESH):
-                self._reads[o] = None
+                self._reads[o] = None  # every read this worker held there, a pipelined reply's included
+                self._spare[o] = False
+                self._inflight.pop(o, None)
 
     # ------------------------------------------------------------------ updates
     def submit(self, local_params: Sequence[torch.Tensor], samples: int) -> str:
@@ -844,7 +1070,7 @@ class ParameterServerEngine(Engine):
                 )
         else:
             self._nonfinite_streak = 0
-        if "applied" in verdicts.values():
+        if {"applied", "sent"} & set(verdicts.values()):
             # the user's optimizer never steps (its owners' copies do): tell an LR scheduler watching it that an
             # update was made, as torch's own step wrapper would (else it warns that the scheduler stepped first)
             self.optimizer._opt_called = True  # type: ignore[attr-defined]
@@ -852,7 +1078,7 @@ class ParameterServerEngine(Engine):
         values = set(verdicts.values())
         if len(values) == 1:
             return values.pop()
-        for verdict in ("rejected_nonfinite", "applied", "deferred", "rejected_stale"):
+        for verdict in ("rejected_nonfinite", "applied", "sent", "deferred", "rejected_stale"):
             if verdict in values:
                 return verdict
         return sorted(values)[0]
@@ -865,6 +1091,12 @@ class ParameterServerEngine(Engine):
         part is applied in this thread meanwhile. A non-finite gradient is sent on its own (never summed into a
         deferred update) so that its owner rejects and counts it."""
         owners = list(self.owner_ranks if owners is None else owners)
+        verdicts: dict[int, str] = {}
+        if grads is not None and finite and self._waiters:  # overlap: sent first, so they travel meanwhile
+            for o in owners:
+                if o in self._waiters:
+                    verdicts[o] = self._push_pipelined(o, local_params, grads, samples)
+            owners = [o for o in owners if o not in self._waiters]
         offers: dict[int, tuple[int, list[tuple[int, torch.Tensor]], int]] = {}
         checked: dict[int, bool] = {}
         for o in owners:
@@ -879,13 +1111,14 @@ class ParameterServerEngine(Engine):
                     continue
                 if pend is None:
                     continue
-                blocks = [(b, g) for b, g in zip(self.ownership[o], pend) if g is not None]
+                n = self._pending_count[o]  # the mean of the summed gradients, as when offered at a step
+                blocks = [(b, g.div(n) if n > 1 else g) for b, g in zip(self.ownership[o], pend) if g is not None]
             else:
                 blocks = self._add_pending(o, grads, samples)
                 checked[o] = self._pending_count[o] == 1  # the raw gradient submit() found finite
             offers[o] = (self._reads[o], blocks, self._pending_samples[o] if finite else samples)  # type: ignore
         if not offers:
-            return {}
+            return verdicts
         flags = wire.F_MUST_APPLY if must_apply else wire.F_WANT_READ
         if not finite:
             flags |= wire.F_NONFINITE
@@ -906,10 +1139,11 @@ class ParameterServerEngine(Engine):
                 continue
             requests[o] = self._request(
                 o, wire.PUSH, blocks=[(b, base, g) for b, g in blocks],
-                ints={wire.P_VERSION: base, wire.P_SAMPLES: n, wire.P_FLAGS: flags},
+                ints={wire.P_VERSION: base, wire.P_SAMPLES: n, wire.P_FLAGS: flags,
+                      wire.P_EXTRA: self._overlap_deferred[o]},  # gradients summed while a pipelined push flew
             )
+            self._overlap_deferred[o] = 0
         replies = self._exchange(requests, local)
-        verdicts = {}
         for o in offers:
             if o == self.worker:
                 verdict, version, blocks = results[o]
@@ -928,14 +1162,19 @@ class ParameterServerEngine(Engine):
             self._reads[o] = version if version >= 0 else None
         return verdicts
 
-    def _add_pending(self, o: int, grads: list[torch.Tensor | None], samples: int) -> list[tuple[int, torch.Tensor]]:
-        """Add this gradient's blocks of owner ``o`` to its pending update; return the blocks to offer (mean)."""
+    def _add_pending(
+        self, o: int, grads: list[torch.Tensor | None], samples: int, own: bool = False
+    ) -> list[tuple[int, torch.Tensor]]:
+        """Add this gradient's blocks of owner ``o`` to its pending update; return the blocks to offer (mean).
+        ``own``: copy the gradients now (the caller is told ``"deferred"`` and may zero them)."""
         mine = [grads[b] for b in self.ownership[o]]
         pend = self._pending[o]
         if pend is None:
-            self._pending[o] = list(mine)
+            self._pending[o] = [None if g is None else g.detach().clone() for g in mine] if own else list(mine)
+            if own:
+                self._owned_pending.add(o)
         else:
-            if self._pending_count[o] == 1:  # first deferral: own the buffers, the caller may zero its grads
+            if self._pending_count[o] == 1 and o not in self._owned_pending:  # first deferral: own the buffers
                 pend = [None if g is None else g.detach().clone() for g in pend]
                 self._pending[o] = pend
             for i, g in enumerate(mine):
@@ -955,6 +1194,7 @@ class ParameterServerEngine(Engine):
         return out
 
     def _clear_pending(self, o: int) -> None:
+        self._owned_pending.discard(o)
         self._pending[o] = None
         self._pending_count[o] = 0
         self._pending_samples[o] = 0
@@ -963,6 +1203,14 @@ class ParameterServerEngine(Engine):
         """Apply what is deferred (waiting for admission), release every read, refresh ``local_params``."""
         self._local_failed()
         start = time.perf_counter()
+        if self._inflight:
+            # owner by owner, highest first: settle the pipelined push, apply what is deferred, release every read
+            # there; each wait then happens while this worker holds reads at lower owners only (as in begin_step)
+            for o in reversed(self.owner_ranks):
+                self._settle(o)
+                if self._pending[o] is not None:
+                    self._push_all(local_params, None, 0, finite=True, must_apply=True, owners=[o])
+                self._read_many(local_params, [o], wire.RELEASE)
         deferred = [o for o in self.owner_ranks if self._pending[o] is not None]
         if deferred:
             self._push_all(local_params, None, 0, finite=True, must_apply=True, owners=deferred)
@@ -1219,7 +1467,8 @@ class ParameterServerEngine(Engine):
 
         Counters: ``received``, ``applied``, ``rejected_stale``, ``rejected_nonfinite``, ``rejected_schema``,
         ``rejected_duplicate``, ``rejected_version`` (``rejected`` is their sum), ``deferred``, ``samples``
-        (counted by the first owner), ``lost`` (in-flight updates of evicted or dead workers), ``gradients``.
+        (counted by the first owner), ``lost`` (in-flight updates of evicted or dead workers), ``overlapped``
+        (applied updates that were pipelined, see ``overlap``), ``gradients``.
         """
         self._local_failed()
         parts = self._gather(wire.TELEMETRY)
@@ -1235,7 +1484,7 @@ class ParameterServerEngine(Engine):
             for w in range(self.num_workers):
                 if w == self.worker:
                     continue
-                read = f"holds read version {auth.reads[w]}" if w in auth.reads else "holds no read"
+                read = f"holds read version {_versions(auth.reads[w])}" if w in auth.reads else "holds no read"
                 lines.append(f"worker {w}: {_STATUS[auth.status[w]]}, last message {now - auth.last_seen[w]:.1f}s "
                              f"ago, {read}")
         return "; ".join(lines)
@@ -1254,6 +1503,7 @@ class ParameterServerEngine(Engine):
         for o in self._client:
             with contextlib.suppress(AsyncTrainingError):
                 self._exchange({o: self._request(o, wire.CLOSE)})
+        self._stop_waiters(time.monotonic() + self.timeout)
         auth = self.authority
         limit = self.hang_timeout + self.reply_timeout
         for thread, c in zip(self._threads, self._server):
@@ -1285,8 +1535,15 @@ class ParameterServerEngine(Engine):
                     )
                 auth.cond.notify_all()
         deadline = time.monotonic() + min(self.timeout, 10.0)
+        self._stop_waiters(deadline)
         for thread in self._threads:
             thread.join(timeout=max(deadline - time.monotonic(), 0.0))
+
+    def _stop_waiters(self, deadline: float) -> None:
+        for waiter in self._waiters.values():
+            waiter.stop()
+        for waiter in self._waiters.values():
+            waiter.thread.join(timeout=max(deadline - time.monotonic(), 0.0))
 
     # ------------------------------------------------------------------ fault injection (tests)
     def _debug_resend(self, owner: int) -> str:
@@ -1308,11 +1565,16 @@ class ParameterServerEngine(Engine):
         return verdict
 
     def threads_alive(self) -> list[str]:
-        """Names of this engine's server threads still running (for teardown checks)."""
-        return [t.name for t in self._threads if t.is_alive()]
+        """Names of this engine's threads (servers, reply waiters) still running (for teardown checks)."""
+        threads = [*self._threads, *(w.thread for w in self._waiters.values())]
+        return [t.name for t in threads if t.is_alive()]
 
 
 # ---------------------------------------------------------------------- helpers
+def _versions(reads: list[int]) -> str:
+    return str(reads[0]) if len(reads) == 1 else str(reads)
+
+
 def _error_reply(error: BaseException) -> list[torch.Tensor]:
     return wire.pack(wire.RESPONSE, -1, 0, status=wire.ERROR,
                      meta={"error": type(error).__name__, "message": str(error)})

@@ -150,6 +150,15 @@ def test_configuration_errors_name_the_parameter():
         ParameterServerEngine(0, 1, params, opt, max_staleness=1, bound_policy="wait", timeout=0)
     with pytest.raises(ValueError, match="bound_policy"):
         ParameterServerEngine(0, 1, params, opt, max_staleness=1, bound_policy="block", timeout=1.0)
+    with pytest.raises(ValueError, match="overlap=True needs max_staleness >= 1"):
+        ParameterServerEngine(0, 1, params, opt, max_staleness=0, bound_policy="drop", timeout=1.0, overlap=True)
+    with pytest.raises(ValueError, match="overlap must be"):
+        ParameterServerEngine(0, 1, params, opt, overlap="yes", **kwargs)
+    with pytest.raises(ValueError, match="bound_policy='wait'"):
+        ParameterServerEngine(0, 1, params, opt, max_staleness=2, bound_policy="wait", timeout=1.0, overlap=True)
+    assert ParameterServerEngine(0, 1, params, opt, **kwargs).overlap is False  # automatic: K < 2, "wait"
+    assert not ParameterServerEngine(0, 1, params, opt, max_staleness=2, bound_policy="wait", timeout=1.0).overlap
+    assert ParameterServerEngine(0, 1, params, opt, max_staleness=2, bound_policy="drop", timeout=1.0).overlap
     if not torch.distributed.is_initialized():  # an earlier in-process Lightning run of the session may have done it
         with pytest.raises(RuntimeError, match="torch.distributed"):
             ParameterServerEngine(0, 2, params, opt, **kwargs)
@@ -299,6 +308,35 @@ def test_two_workers_keep_the_bound_under_a_straggler(tmp_path, policy):
         assert counters["rejected_schema"] == 2
         assert counters["rejected_nonfinite"] == 2  # one update per owner
         assert "rejected_nonfinite" in r1["verdicts"]
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("policy", ["accumulate", "drop"])
+def test_overlap_pipelines_remote_pushes_within_the_bound(tmp_path, policy):
+    """With overlap a worker's pushes to the remote owner are sent and its next gradient computed meanwhile: each
+    such update is at least one version stale (its own previous one lands in between), and the bound still holds."""
+    K = 2
+    config = {"world": 2, "steps": [40, 12], "K": K, "policy": policy, "slow_rank": 1, "delay": 0.03,
+              "timeout": 10.0, "overlap": True}
+    if policy == "drop":
+        config.update(nan=[1, 3])  # a non-finite gradient travels the blocking path, rejected by both owners
+    codes, (r0, r1) = _launch(tmp_path, config)
+    assert codes == [0, 0], (r0.get("traceback"), r1.get("traceback"))
+    counters, histogram = r0["counters"], r0["histogram"]
+    _check_invariants(counters, histogram, max_staleness=K)
+    assert counters["gradients"] == 52 and r0["all_finished"] and r0["finite"] and r0["snapshot_matches_params"]
+    assert r0["threads_alive"] == [] and r1["threads_alive"] == []
+    assert counters["overlapped"] > 0
+    # every pipelined update reaches its owner at least one version stale; only local applies may be fresh
+    assert histogram[0] <= counters["applied"] - counters["overlapped"]
+    if policy == "accumulate":
+        assert counters["rejected"] == 0
+        # a deferred gradient is summed into a later update: every gradient lands once per owner, in an update of
+        # its own or deferred into one; an update still deferred at the end is applied by end_epoch (<= 1 per pair)
+        assert 2 * 52 <= counters["applied"] + counters["deferred"] <= 2 * 52 + 4
+    if policy == "drop":
+        assert counters["rejected_nonfinite"] == 2 and counters["deferred"] == 0
+        assert counters["applied"] + counters["rejected_stale"] == 2 * 52 - 2
 
 
 @pytest.mark.timeout(120)

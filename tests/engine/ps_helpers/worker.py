@@ -60,7 +60,7 @@ def main() -> None:
             rank, world, params, opt, max_staleness=cfg.get("K", 1), bound_policy=cfg.get("policy", "wait"),
             timeout=cfg.get("timeout", 5.0), hang_timeout=cfg.get("hang_timeout"),
             on_worker_failure=cfg.get("on_failure", "stop"), owner_ranks=cfg.get("owners"),
-            max_consecutive_nonfinite=3,
+            max_consecutive_nonfinite=3, overlap=cfg.get("overlap"),
         )
         engine.start()
         engine.refresh(params)
