@@ -556,9 +556,9 @@ class ParameterServerEngine(Engine):
         hang_timeout: seconds a worker holding a read may stay silent before its owners call it hung
             (default ``2 * timeout``). It must exceed the longest step.
         overlap: pipeline the pushes to remote owners: a worker sends its update and computes its next gradient
-            while the update travels and is applied, instead of waiting for the round trip. Each of its updates to
-            a remote owner is then at least one version stale (its own previous update lands in between), so it
-            needs ``max_staleness >= 1``, and it does not combine with ``bound_policy="wait"``. Default
+            while the update travels and is applied, instead of waiting for the round trip. Its updates to a remote
+            owner are then at least one version stale (its own previous update lands in between; all but the first
+            after a read), so it needs ``max_staleness >= 1``, and it does not combine with ``bound_policy="wait"``. Default
             (``None``): on unless the policy is ``"wait"`` or ``max_staleness`` is below 2.
         namespace: prefix of this engine's keys in the default store (make it unique per engine and attempt).
         store: the store for the batch cursor and finish marks (default: the default process group's store).
