@@ -70,6 +70,7 @@ def _worker(args: argparse.Namespace) -> None:
             max_staleness=args.max_staleness,
             bound_policy=args.bound_policy,
             engine=args.engine,
+            overlap=_OVERLAP[args.overlap] if args.engine == "parameter_server" else None,
             print_summary=bool(os.environ.get("STRAGGLER_SUMMARY")),
         )
     else:
@@ -99,6 +100,9 @@ def _worker(args: argparse.Namespace) -> None:
     Path(args.report_dir, f"rank{trainer.global_rank}.json").write_text(json.dumps(report))
 
 
+_OVERLAP = {"auto": None, "on": True, "off": False}
+
+
 # ---------------------------------------------------------------------------------------------------- driver side
 def _run(args: argparse.Namespace, strategy: str, factor: float, devices: int, tag: str) -> dict:
     report_dir = Path(args.work_dir) / tag
@@ -109,7 +113,8 @@ def _run(args: argparse.Namespace, strategy: str, factor: float, devices: int, t
         sys.executable, str(HERE), "--worker", "--strategy", strategy, "--factor", str(factor),
         "--devices", str(devices), "--epochs", str(args.epochs), "--lr", str(args.lr),
         "--batch-size", str(args.batch_size), "--max-staleness", str(args.max_staleness),
-        "--bound-policy", args.bound_policy, "--engine", args.engine, "--report-dir", str(report_dir),
+        "--bound-policy", args.bound_policy, "--engine", args.engine, "--overlap", args.overlap,
+        "--report-dir", str(report_dir),
     ]
     launch_vars = ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "GROUP_RANK")
     env = {k: v for k, v in os.environ.items() if k not in launch_vars}
@@ -177,7 +182,8 @@ def _driver(args: argparse.Namespace) -> None:
     Path(args.work_dir).mkdir(parents=True, exist_ok=True)
     results: dict = {
         "target": args.target, "factors": args.factors, "epochs": args.epochs, "engine": args.engine,
-        "max_staleness": args.max_staleness, "bound_policy": args.bound_policy, "runs": {}, "rows": [],
+        "max_staleness": args.max_staleness, "bound_policy": args.bound_policy, "overlap": args.overlap,
+        "runs": {}, "rows": [],
     }
     alone = _run(args, "async", 1.0, 1, "standalone")
     results["runs"]["standalone"] = alone
@@ -235,6 +241,8 @@ def main() -> None:
     parser.add_argument("--max-staleness", type=int, default=4)
     parser.add_argument("--bound-policy", default="accumulate", choices=["accumulate", "wait", "drop"])
     parser.add_argument("--engine", default="shared_memory", choices=["shared_memory", "parameter_server"])
+    parser.add_argument("--overlap", default="auto", choices=sorted(_OVERLAP),
+                        help="parameter_server: pipeline the pushes (the strategy's overlap; auto = its default)")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     parser.add_argument("--plot", default=None, help="write the loss-against-time figure (PNG) here")
     parser.add_argument("--work-dir", default="results/straggler_runs")

@@ -80,6 +80,9 @@ class AsyncAdaptiveStrategy(DDPStrategy):
         lock_free: let workers' writes overlap (pure Hogwild!, the paper's model). Off by default: writes are
             serialised by a lock held only for the optimizer step, because overlapping read-modify-writes of
             adaptive state (Adam's second moment) can lose an update and blow the step up. Reads never lock.
+        overlap: ``parameter_server`` only: send each update to the remote owners and compute the next gradient
+            while it travels, instead of waiting for the round trip (each such update is then one version staler).
+            ``None`` (default): on unless ``bound_policy="wait"`` or ``max_staleness < 2``.
         print_summary: print the staleness and throughput summary at the end of fit (rank 0).
         start_method: how Lightning launches the workers (``"popen"``, ``"spawn"``, ``"fork"``,
             ``"forkserver"``), as for DDP.
@@ -98,6 +101,7 @@ class AsyncAdaptiveStrategy(DDPStrategy):
         max_consecutive_nonfinite: int = 5,
         dynamic_batches: bool = True,
         lock_free: bool = False,
+        overlap: bool | None = None,
         print_summary: bool = True,
         start_method: Literal["popen", "spawn", "fork", "forkserver"] = "popen",
         process_group_backend: str | None = None,
@@ -117,6 +121,18 @@ class AsyncAdaptiveStrategy(DDPStrategy):
             max_consecutive_nonfinite < 1
         ):
             raise ValueError(f"max_consecutive_nonfinite must be an integer >= 1, got {max_consecutive_nonfinite!r}.")
+        if overlap is not None and engine != "parameter_server":
+            raise ValueError(
+                f"overlap={overlap!r} applies to engine='parameter_server' only (engine={engine!r} has no round trip "
+                "to overlap). Remove overlap, or set engine='parameter_server'."
+            )
+        if overlap and bound_policy == "wait":
+            raise ValueError("overlap=True does not combine with bound_policy='wait' (a waiting worker holding the "
+                             "read for its next gradient can wait for a peer waiting for it). Use "
+                             "bound_policy='accumulate', or overlap=False.")
+        if overlap and max_staleness is not None and max_staleness < 1:
+            raise ValueError(f"overlap=True needs max_staleness >= 1, got {max_staleness}: each overlapped update is "
+                             "at least one version stale. Raise max_staleness, or set overlap=False.")
         super().__init__(
             accelerator=accelerator,
             parallel_devices=parallel_devices,
@@ -134,6 +150,7 @@ class AsyncAdaptiveStrategy(DDPStrategy):
         self.max_consecutive_nonfinite = max_consecutive_nonfinite
         self.dynamic_batches = dynamic_batches
         self.lock_free = lock_free
+        self.overlap = overlap
         self.print_summary = print_summary
         self.engine: Any = None  # SharedMemoryEngine or ParameterServerEngine, created at setup
         self._local_params: list[torch.nn.Parameter] = []
@@ -258,7 +275,8 @@ class AsyncAdaptiveStrategy(DDPStrategy):
         )
         if self.engine_name == "parameter_server":
             # built collectively on every rank (it creates its process groups in the same order everywhere)
-            return ParameterServerEngine(**common, namespace=f"lightning_async/ps/{int(token[0]):016x}")
+            return ParameterServerEngine(**common, overlap=self.overlap,
+                                         namespace=f"lightning_async/ps/{int(token[0]):016x}")
         kwargs = dict(common, directory=run_directory(int(token[0])), lock_free=self.lock_free)
         engine = SharedMemoryEngine(create=True, **kwargs) if self.global_rank == 0 else None
         self.barrier("lightning_async.engine_created")

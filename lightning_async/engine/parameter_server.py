@@ -70,6 +70,7 @@ point-to-point path is not implemented, and the GPU path is untested here (no GP
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import copy
 import datetime
@@ -169,6 +170,33 @@ class _ReplyWaiter:
                 job.error = wire.ChannelError(f"{type(e).__name__}: {e}")
             finally:
                 job.done.set()
+
+    def stop(self) -> None:
+        self.jobs.put(None)
+
+
+class _Background:
+    """One daemon thread that runs submitted calls in order (a daemon, unlike ``ThreadPoolExecutor``'s workers, so
+    a call stuck on a dead peer cannot hold up the interpreter's exit)."""
+
+    def __init__(self, name: str) -> None:
+        self.jobs: queue.SimpleQueue[tuple[Any, tuple[Any, ...], concurrent.futures.Future[Any]] | None] = \
+            queue.SimpleQueue()
+        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self.thread.start()
+
+    def submit(self, fn: Any, *args: Any) -> concurrent.futures.Future[Any]:
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        self.jobs.put((fn, args, future))
+        return future
+
+    def _run(self) -> None:
+        while (job := self.jobs.get()) is not None:
+            fn, args, future = job
+            try:
+                future.set_result(fn(*args))
+            except BaseException as e:  # noqa: BLE001 - handed to the caller
+                future.set_exception(e)
 
     def stop(self) -> None:
         self.jobs.put(None)
@@ -558,8 +586,9 @@ class ParameterServerEngine(Engine):
         overlap: pipeline the pushes to remote owners: a worker sends its update and computes its next gradient
             while the update travels and is applied, instead of waiting for the round trip. Its updates to a remote
             owner are then at least one version stale (its own previous update lands in between; all but the first
-            after a read), so it needs ``max_staleness >= 1``, and it does not combine with ``bound_policy="wait"``. Default
-            (``None``): on unless the policy is ``"wait"`` or ``max_staleness`` is below 2.
+            after a read), so it needs ``max_staleness >= 1``, and it does not combine with
+            ``bound_policy="wait"``. Default (``None``): on unless the policy is ``"wait"`` or ``max_staleness`` is
+            below 2.
         namespace: prefix of this engine's keys in the default store (make it unique per engine and attempt).
         store: the store for the batch cursor and finish marks (default: the default process group's store).
     """
@@ -639,6 +668,8 @@ class ParameterServerEngine(Engine):
             store = dist.distributed_c10d._get_default_store()
         self._store = dist.PrefixStore(namespace.rstrip("/") + "/", store) if store is not None else None
         self._local_cursor: dict[int, int] = {}
+        self._claimer = _Background("lasync-ps-cursor")
+        self._claim_ahead: tuple[int, concurrent.futures.Future[int]] | None = None
         self._cursor_epochs: set[int] = set()
         if self._store is not None:
             self._check_schema()
@@ -1256,14 +1287,30 @@ class ParameterServerEngine(Engine):
 
     # ------------------------------------------------------------------ sampler support
     def next_batch(self, epoch: int, num_batches: int) -> int | None:
-        """Hand out the next unclaimed batch index of ``epoch`` (each once over all workers), or ``None``."""
+        """Hand out the next unclaimed batch index of ``epoch`` (each once over all workers), or ``None``.
+
+        The cursor lives in the store (a round trip to rank 0's TCPStore): the claim of this worker's next batch is
+        made in the background while the current one trains, so the round trip leaves the step's critical path. A
+        claim is only made ahead within an epoch, and an epoch's last claim finds the cursor past the end, so no
+        batch is claimed and left unused (unless fit stops mid-epoch)."""
         self._cursor_epochs.add(epoch)
         if self._store is None:
             index = self._local_cursor.get(epoch, 0)
             self._local_cursor[epoch] = index + 1
         else:
-            index = int(self._store.add(f"cursor/{epoch}", 1)) - 1
+            ahead = self._claim_ahead
+            self._claim_ahead = None
+            if ahead is not None and ahead[0] == epoch:
+                index = ahead[1].result(timeout=self.timeout)
+            else:
+                index = self._claim(epoch)
+            if index < num_batches - 1:
+                self._claim_ahead = (epoch, self._claimer.submit(self._claim, epoch))
         return index if index < num_batches else None
+
+    def _claim(self, epoch: int) -> int:
+        assert self._store is not None
+        return int(self._store.add(f"cursor/{epoch}", 1)) - 1
 
     def _cursor(self, epoch: int) -> int:
         if self._store is None:
@@ -1504,6 +1551,7 @@ class ParameterServerEngine(Engine):
             with contextlib.suppress(AsyncTrainingError):
                 self._exchange({o: self._request(o, wire.CLOSE)})
         self._stop_waiters(time.monotonic() + self.timeout)
+        self._claimer.stop()
         auth = self.authority
         limit = self.hang_timeout + self.reply_timeout
         for thread, c in zip(self._threads, self._server):
@@ -1535,6 +1583,7 @@ class ParameterServerEngine(Engine):
                     )
                 auth.cond.notify_all()
         deadline = time.monotonic() + min(self.timeout, 10.0)
+        self._claimer.stop()
         self._stop_waiters(deadline)
         for thread in self._threads:
             thread.join(timeout=max(deadline - time.monotonic(), 0.0))
@@ -1566,7 +1615,7 @@ class ParameterServerEngine(Engine):
 
     def threads_alive(self) -> list[str]:
         """Names of this engine's threads (servers, reply waiters) still running (for teardown checks)."""
-        threads = [*self._threads, *(w.thread for w in self._waiters.values())]
+        threads = [*self._threads, *(w.thread for w in self._waiters.values()), self._claimer.thread]
         return [t.name for t in threads if t.is_alive()]
 
 
