@@ -21,7 +21,9 @@ from typing import Any, Literal
 
 import torch
 import torch.distributed as dist
+import torchmetrics
 from lightning.fabric.plugins import CheckpointIO, ClusterEnvironment
+from lightning.fabric.strategies.launchers.subprocess_script import _ChildProcessObserver
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.accelerators import Accelerator
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -42,6 +44,7 @@ from lightning_async.engine.parameter_server import ParameterServerEngine
 from lightning_async.engine.shared_memory import SharedMemoryEngine
 from lightning_async.engine.shm import remove_stale_runs, run_directory
 from lightning_async.engine_optimizer import EngineOptimizer, ordered_params
+from lightning_async.live_collectives import LiveCollectives
 from lightning_async.sampler import dynamic_batch_loader_kwargs
 from lightning_async.schedulers import GlobalProgressScheduler
 
@@ -69,8 +72,8 @@ class AsyncAdaptiveStrategy(DDPStrategy):
         engine: where the authoritative state lives. ``"shared_memory"`` (default): one node, parameters and
             optimizer state in shared memory, no server. ``"parameter_server"``: any number of nodes; parameter
             blocks and their optimizer state are owned by the ranks, over ``torch.distributed`` point-to-point.
-            Every rank owns blocks, so the failure of any rank stops the run with an error naming it; resume with
-            ``Trainer.fit(..., ckpt_path="last")`` (see docs/multinode.md).
+            By default every rank owns blocks, so the failure of any rank stops the run with an error naming it;
+            resume with ``Trainer.fit(..., ckpt_path="last")`` (see docs/multinode.md).
         timeout: seconds any single wait (for a peer, for the bound, for a collective) may last before the run
             stops with an error naming the worker it waited for.
         max_consecutive_nonfinite: a worker whose gradients are non-finite this many times in a row stops the run
@@ -83,6 +86,13 @@ class AsyncAdaptiveStrategy(DDPStrategy):
         overlap: ``parameter_server`` only: send each update to the remote owners and compute the next gradient
             while it travels, instead of waiting for the round trip (each such update is then one version staler).
             ``None`` (default): on unless ``bound_policy="wait"`` or ``max_staleness < 2``.
+        on_worker_failure: ``parameter_server`` only. ``"stop"`` (default): a dead or hung worker stops the run
+            within ``timeout`` with an error naming its rank. ``"continue"``: a dead or hung *pure worker* (a rank
+            outside ``owner_ranks``) is dropped, its in-flight update counted as ``lost``, and the others train on;
+            the collectives of the rest of the fit (metric sync, checkpoints) then run among the live ranks. Needs
+            ``owner_ranks`` without the ranks that may fail.
+        owner_ranks: ``parameter_server`` only: the ranks that own parameter blocks and their optimizer state
+            (default: every rank). Must include rank 0. The death of an owner always stops the run.
         print_summary: print the staleness and throughput summary at the end of fit (rank 0).
         start_method: how Lightning launches the workers (``"popen"``, ``"spawn"``, ``"fork"``,
             ``"forkserver"``), as for DDP.
@@ -102,6 +112,8 @@ class AsyncAdaptiveStrategy(DDPStrategy):
         dynamic_batches: bool = True,
         lock_free: bool = False,
         overlap: bool | None = None,
+        on_worker_failure: Literal["stop", "continue"] = "stop",
+        owner_ranks: list[int] | None = None,
         print_summary: bool = True,
         start_method: Literal["popen", "spawn", "fork", "forkserver"] = "popen",
         process_group_backend: str | None = None,
@@ -133,6 +145,27 @@ class AsyncAdaptiveStrategy(DDPStrategy):
         if overlap and max_staleness is not None and max_staleness < 1:
             raise ValueError(f"overlap=True needs max_staleness >= 1, got {max_staleness}: each overlapped update is "
                              "at least one version stale. Raise max_staleness, or set overlap=False.")
+        if on_worker_failure not in ("stop", "continue"):
+            raise ValueError(f"on_worker_failure must be 'stop' or 'continue', got {on_worker_failure!r}.")
+        if (on_worker_failure == "continue" or owner_ranks is not None) and engine != "parameter_server":
+            raise ValueError(
+                "on_worker_failure='continue' and owner_ranks apply to engine='parameter_server' (the shared-memory "
+                "engine keeps all state in one node's memory). Set engine='parameter_server'."
+            )
+        if owner_ranks is not None and (
+            not isinstance(owner_ranks, (list, tuple)) or not owner_ranks
+            or any(isinstance(r, bool) or not isinstance(r, int) or r < 0 for r in owner_ranks) or 0 not in owner_ranks
+        ):
+            raise ValueError(
+                f"owner_ranks must be a non-empty list of ranks that includes 0 (rank 0 hosts the store and the "
+                f"checkpoints), got {owner_ranks!r}. Example: owner_ranks=[0]."
+            )
+        if on_worker_failure == "continue" and owner_ranks is None:
+            raise ValueError(
+                "on_worker_failure='continue' needs owner_ranks: by default every rank owns parameter blocks, and the "
+                "death of an owner loses state, so nothing could continue. Set owner_ranks to the ranks that serve the "
+                "parameters (e.g. owner_ranks=[0]); the other ranks may then fail without stopping the run."
+            )
         super().__init__(
             accelerator=accelerator,
             parallel_devices=parallel_devices,
@@ -151,6 +184,8 @@ class AsyncAdaptiveStrategy(DDPStrategy):
         self.dynamic_batches = dynamic_batches
         self.lock_free = lock_free
         self.overlap = overlap
+        self.on_worker_failure = on_worker_failure
+        self.owner_ranks = list(owner_ranks) if owner_ranks is not None else None
         self.print_summary = print_summary
         self.engine: Any = None  # SharedMemoryEngine or ParameterServerEngine, created at setup
         self._local_params: list[torch.nn.Parameter] = []
@@ -158,6 +193,7 @@ class AsyncAdaptiveStrategy(DDPStrategy):
         self._in_training_step = False
         self._snapshot: dict[str, Any] | None = None
         self._failure: BaseException | None = None
+        self._live: LiveCollectives | None = None  # collectives among the live ranks (on_worker_failure="continue")
         #: the staleness and throughput summary of the last fit (rank 0), see :class:`Telemetry`
         self.telemetry: Telemetry | None = None
 
@@ -275,8 +311,14 @@ class AsyncAdaptiveStrategy(DDPStrategy):
         )
         if self.engine_name == "parameter_server":
             # built collectively on every rank (it creates its process groups in the same order everywhere)
-            return ParameterServerEngine(**common, overlap=self.overlap,
-                                         namespace=f"lightning_async/ps/{int(token[0]):016x}")
+            namespace = f"lightning_async/ps/{int(token[0]):016x}"
+            ps_engine = ParameterServerEngine(
+                **common, overlap=self.overlap, on_worker_failure=self.on_worker_failure, owner_ranks=self.owner_ranks,
+                namespace=namespace,
+            )
+            if self.on_worker_failure == "continue" and self.world_size > 1:
+                self._continue_without_failed_workers(ps_engine, namespace)
+            return ps_engine
         kwargs = dict(common, directory=run_directory(int(token[0])), lock_free=self.lock_free)
         engine = SharedMemoryEngine(create=True, **kwargs) if self.global_rank == 0 else None
         self.barrier("lightning_async.engine_created")
@@ -284,6 +326,48 @@ class AsyncAdaptiveStrategy(DDPStrategy):
             engine = SharedMemoryEngine(create=False, **kwargs)
             engine.attach_state()
         return engine
+
+    def _continue_without_failed_workers(self, engine: ParameterServerEngine, namespace: str) -> None:
+        """``on_worker_failure="continue"``: from now on the collectives run among the live ranks, torchmetrics
+        syncs through them too, and Lightning's process observer (rank 0 of each node) lets a pure worker die."""
+        store = dist.PrefixStore(f"{namespace}/live/", dist.distributed_c10d._get_default_store())
+        self._live = LiveCollectives(store, self.global_rank, self.world_size, self.engine_timeout, engine.is_gone)
+        for module in self.lightning_module.modules() if self.lightning_module is not None else ():
+            if isinstance(module, torchmetrics.Metric):
+                module.dist_sync_fn = self._live.gather_tensors
+        observer = next((t for t in threading.enumerate() if isinstance(t, _ChildProcessObserver)), None)
+        launcher = self._launcher
+        if observer is not None and isinstance(launcher, _SubprocessScriptLauncher):
+            first = self.node_rank * self.num_processes
+            observer.__class__ = _TolerantObserver
+            observer._ranks = {p.pid: first + i + 1 for i, p in enumerate(launcher.procs)}  # type: ignore[attr-defined]
+            observer._owners = set(engine.owner_ranks)  # type: ignore[attr-defined]
+
+    # ------------------------------------------------------------------ collectives
+    @override
+    def barrier(self, name: str | None = None, *args: Any, **kwargs: Any) -> None:
+        if self._live is not None:
+            self._live.barrier(name)
+            return
+        super().barrier(name, *args, **kwargs)
+
+    @override
+    def broadcast(self, obj: Any, src: int = 0) -> Any:
+        if self._live is not None:
+            return self._live.broadcast(obj, src)
+        return super().broadcast(obj, src)
+
+    @override
+    def all_gather(self, tensor: torch.Tensor, group: Any | None = None, sync_grads: bool = False) -> torch.Tensor:
+        if self._live is not None:  # the live ranks' tensors: fewer rows than world_size once a worker died
+            return torch.stack(self._live.all_gather(tensor))
+        return super().all_gather(tensor, group=group, sync_grads=sync_grads)
+
+    @override
+    def reduce_boolean_decision(self, decision: bool, all: bool = True) -> bool:  # noqa: A002 - Lightning's name
+        if self._live is not None:
+            return self._live.all_true(decision) if all else self._live.any_true(decision)
+        return super().reduce_boolean_decision(decision, all=all)
 
     # ------------------------------------------------------------------ data
     @override
@@ -333,6 +417,8 @@ class AsyncAdaptiveStrategy(DDPStrategy):
     def reduce(self, tensor: Any, group: Any | None = None, reduce_op: Any = "mean") -> Any:
         if self._in_training_step:
             return tensor
+        if self._live is not None and isinstance(tensor, torch.Tensor):
+            return self._live.reduce(tensor, reduce_op)
         return super().reduce(tensor, group=group, reduce_op=reduce_op)
 
     # ------------------------------------------------------------------ checkpoints
@@ -417,6 +503,26 @@ class AsyncAdaptiveStrategy(DDPStrategy):
                 shutil.rmtree(engine.directory, ignore_errors=True)
         self.optimizers = [o.optimizer if isinstance(o, EngineOptimizer) else o for o in self.optimizers]
         super().teardown()
+
+
+class _TolerantObserver(_ChildProcessObserver):
+    """Lightning's observer of the popen children, except that a pure worker (no blocks) may exit with an error:
+    ``on_worker_failure="continue"``. The death of an owner still terminates every process, as upstream."""
+
+    _ranks: dict[int, int]
+    _owners: set[int]
+
+    @override
+    def _run(self) -> bool:
+        for proc in list(self._child_processes):
+            if proc.poll() and self._ranks.get(proc.pid) not in self._owners:
+                print(
+                    f"lightning_async: worker {self._ranks.get(proc.pid)} (pid {proc.pid}) exited with code "
+                    f"{proc.returncode}; the other workers carry on (on_worker_failure='continue').",
+                    file=sys.stderr,
+                )
+                self._child_processes.remove(proc)
+        return super()._run()
 
 
 class _EngineLifecycle(Callback):

@@ -229,6 +229,43 @@ def test_a_failed_owner_on_one_node_stops_the_run_naming_it(tmp_path, fault):
     assert _no_process_left(tmp_path)
 
 
+@pytest.mark.timeout(200)
+def test_continue_survivors_finish_the_fit_after_a_pure_worker_dies(tmp_path):
+    """owner_ranks=[0], on_worker_failure="continue", 3 workers: worker 2 (no blocks) dies in epoch 0. Workers 0 and
+    1 finish both epochs, take every batch of epoch 1 between them, sync the validation metric (torchmetrics) and
+    write the checkpoints; the lost update is counted and the run exits 0 with nothing left running."""
+    ckpt = tmp_path / "ckpt"
+    result = _run_script(
+        tmp_path, *PS, "--devices", "3", "--epochs", "2", "--samples", "512", "--owner-ranks", "0",
+        "--on-worker-failure", "continue", "--crash-at", "2,0,3", "--timeout", "30", "--checkpoint-dir", str(ckpt),
+        timeout=180,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "worker 2 is gone" in result.stderr and "carry on" in result.stderr and "lost" in result.stderr
+    r0, r1 = _reports(tmp_path, 2)
+    assert not (tmp_path / "rank2.json").exists()
+    _each_sample_once(r0, r1, "1", n=512)  # after the death, the survivors share the whole epoch
+    counters = r0["telemetry"]["counters"]
+    _assert_counters(r0["telemetry"], max_staleness=4)
+    assert counters["lost"] >= 1
+    assert "val_mse" in r0["metrics"] and r0["metrics"]["val_mse"] == pytest.approx(r1["metrics"]["val_mse"])
+    assert (ckpt / "last.ckpt").exists() and r0["steps"] > 0 and r1["steps"] > 0
+    assert _no_process_left(tmp_path)
+
+
+def test_continue_needs_owner_ranks_and_the_parameter_server():
+    with pytest.raises(ValueError, match="needs owner_ranks"):
+        AsyncAdaptiveStrategy(engine="parameter_server", on_worker_failure="continue")
+    with pytest.raises(ValueError, match="engine='parameter_server'"):
+        AsyncAdaptiveStrategy(on_worker_failure="continue", owner_ranks=[0])
+    with pytest.raises(ValueError, match="includes 0"):
+        AsyncAdaptiveStrategy(engine="parameter_server", owner_ranks=[1])
+    with pytest.raises(ValueError, match="on_worker_failure must be"):
+        AsyncAdaptiveStrategy(engine="parameter_server", on_worker_failure="ignore")
+    with pytest.raises(ValueError, match="overlap"):
+        AsyncAdaptiveStrategy(overlap=True)
+
+
 # ---------------------------------------------------------------------------------------------- two "nodes"
 @pytest.mark.timeout(200)
 def test_two_nodes_through_lightning_crash_of_an_owner_then_resume_from_last(tmp_path):

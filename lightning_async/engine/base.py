@@ -79,6 +79,10 @@ class Telemetry:
             f"  staleness: mean {self.staleness_mean:.2f}, max {self.staleness_max}, "
             f"histogram {_compact_histogram(self.staleness_histogram)}",
         ]
+        extra = {name: c[name] for name in ("lost", "overlapped", "rejected_schema", "rejected_duplicate",
+                                            "rejected_version") if c.get(name)}
+        if extra:
+            lines.append("  also: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in extra.items()))
         for w, row in enumerate(self.per_worker):
             lines.append(
                 f"  worker {w}: {int(row['gradients'])} gradients, {int(row['samples'])} samples applied, "

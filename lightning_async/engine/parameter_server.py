@@ -77,6 +77,7 @@ import datetime
 import json
 import math
 import queue
+import sys
 import threading
 import time
 from collections import defaultdict
@@ -330,12 +331,19 @@ class _Authority:
         if lost:
             self.count(w, "lost", lost)  # the updates it was computing (or sending) will never arrive
         self.cond.notify_all()
+        self.e._mark_gone(w)
 
     def worker_failed(self, w: int, error: wire.ChannelError) -> None:
         with self.cond:
             if self.status[w] == _FINISHED:
                 return
             if self.e.on_worker_failure == "continue":
+                print(
+                    f"lightning_async: owner rank {self.e.worker}: worker {w} "
+                    f"{'is hung' if error.timed_out else 'is gone (its connection closed)'}; its in-flight update is "
+                    "lost and the others carry on (on_worker_failure='continue').",
+                    file=sys.stderr, flush=True,
+                )
                 self._evict(w, _EVICTED if error.timed_out else _DEAD)
                 return
             if self.failed is None:
@@ -668,6 +676,7 @@ class ParameterServerEngine(Engine):
             store = dist.distributed_c10d._get_default_store()
         self._store = dist.PrefixStore(namespace.rstrip("/") + "/", store) if store is not None else None
         self._local_cursor: dict[int, int] = {}
+        self._gone: set[int] = set()
         self._claimer = _Background("lasync-ps-cursor")
         self._claim_ahead: tuple[int, concurrent.futures.Future[int]] | None = None
         self._cursor_epochs: set[int] = set()
@@ -1285,6 +1294,24 @@ class ParameterServerEngine(Engine):
                 return False
             time.sleep(0.01)
 
+    # ------------------------------------------------------------------ failed workers
+    def _mark_gone(self, w: int) -> None:
+        """Record in the store that worker ``w`` is dead or evicted (``on_worker_failure="continue"``), so that the
+        survivors' collectives stop waiting for it (see :mod:`lightning_async.live_collectives`)."""
+        self._gone.add(w)
+        if self._store is not None:
+            with contextlib.suppress(Exception):  # the store is rank 0's: if it is gone, so is the run
+                self._store.set(f"gone/{w}", str(self.worker))
+
+    def is_gone(self, rank: int) -> bool:
+        """Whether an owner declared ``rank`` dead or evicted (``on_worker_failure="continue"``)."""
+        if rank in self._gone:
+            return True
+        if self._store is not None and self._store.check([f"gone/{rank}"]):
+            self._gone.add(rank)
+            return True
+        return False
+
     # ------------------------------------------------------------------ sampler support
     def next_batch(self, epoch: int, num_batches: int) -> int | None:
         """Hand out the next unclaimed batch index of ``epoch`` (each once over all workers), or ``None``.
@@ -1550,8 +1577,8 @@ class ParameterServerEngine(Engine):
         for o in self._client:
             with contextlib.suppress(AsyncTrainingError):
                 self._exchange({o: self._request(o, wire.CLOSE)})
-        self._stop_waiters(time.monotonic() + self.timeout)
         self._claimer.stop()
+        self._stop_waiters(time.monotonic() + self.timeout)
         auth = self.authority
         limit = self.hang_timeout + self.reply_timeout
         for thread, c in zip(self._threads, self._server):
@@ -1591,8 +1618,8 @@ class ParameterServerEngine(Engine):
     def _stop_waiters(self, deadline: float) -> None:
         for waiter in self._waiters.values():
             waiter.stop()
-        for waiter in self._waiters.values():
-            waiter.thread.join(timeout=max(deadline - time.monotonic(), 0.0))
+        for thread in [self._claimer.thread, *(w.thread for w in self._waiters.values())]:
+            thread.join(timeout=max(deadline - time.monotonic(), 0.0))
 
     # ------------------------------------------------------------------ fault injection (tests)
     def _debug_resend(self, owner: int) -> str:

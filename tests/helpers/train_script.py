@@ -98,6 +98,8 @@ def main() -> None:
     parser.add_argument("--ckpt-path", default=None, help="Trainer.fit(ckpt_path=...), e.g. 'last'")
     parser.add_argument("--log-every-n-steps", type=int, default=None, help="CSVLogger under <out>/logs")
     parser.add_argument("--crash-at", default=None, help="RANK,EPOCH,BATCH: os._exit(1) there")
+    parser.add_argument("--on-worker-failure", default="stop")
+    parser.add_argument("--owner-ranks", default=None, help="comma-separated ranks that own blocks")
     args = parser.parse_args()
 
     torch.manual_seed(0)
@@ -116,6 +118,8 @@ def main() -> None:
         timeout=args.timeout,
         max_consecutive_nonfinite=args.max_consecutive_nonfinite,
         engine=args.engine,
+        on_worker_failure=args.on_worker_failure,
+        owner_ranks=[int(r) for r in args.owner_ranks.split(",")] if args.owner_ranks else None,
     )
     trainer = L.Trainer(
         accelerator="cpu", devices=args.devices, num_nodes=args.num_nodes, strategy=strategy, max_epochs=args.epochs,
