@@ -35,6 +35,7 @@ MODULES: list[tuple[str, str]] = [
     ("lightning_async.sampler", "dynamic batches: the shared batch cursor"),
     ("lightning_async.schedulers", "LR schedules that follow global progress"),
     ("lightning_async.engine_optimizer", "the optimizer Lightning sees"),
+    ("lightning_async.live_collectives", "collectives among the live ranks (on_worker_failure=\"continue\")"),
     ("lightning_async.cli", "the `lightning-async` command"),
     ("lightning_async.accelerate", "asynchronous training in your own Accelerate loop"),
     ("lightning_async.optim", "update rules: the paper's method class as torch optimizers"),
