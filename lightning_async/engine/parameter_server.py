@@ -39,9 +39,22 @@ and the pushes to all owners are posted at once and run concurrently, while the 
 owns itself in its own thread (no wire, no message, no clone: the fresh blocks are copied straight into its
 parameters under the owner's lock; a remote reply is packed from the owner's blocks under the lock, also without an
 intermediate clone). Owners apply the other workers' updates in their server threads while their own worker keeps
-computing: that is where communication and application overlap compute. A worker's own next forward still waits for
-its push-pull round trip (its next gradient is computed on the parameters that include its last update; this keeps
-``max_staleness=0`` exact).
+computing: that is where communication and application overlap compute.
+
+**Overlap (pipelined pushes).** With ``overlap`` (default unless ``bound_policy="wait"`` or ``max_staleness < 2``)
+a worker does not wait for its push-pull round trip either: it posts the push to each remote owner and computes its
+next gradient on the parameters it holds, while a reply-waiter thread (gloo works cannot be polled) waits for the
+answer; the reply's fresh parameters and read become the worker's at its next step. So a worker holds up to two
+reads at an owner (the one its gradient is computed on, and the one its in-flight push will bring back), its
+updates arrive in the order of its reads, and the owner admits both with the same feasibility rule (every read in
+flight, the worker's own included). Each overlapped update is one version staler: its own previous update lands in
+between. The first step after a blocking read takes a *pair* of reads of one version (``READ_PAIR``) so that the
+pipeline can start. Under ``"accumulate"`` a remote push is applied by the owner as soon as the bound admits it
+(the owner's server thread waits, not the worker), and a gradient ready before the previous reply came back is
+summed into the next push (``deferred``, reported with it). A non-finite gradient takes the blocking path. Without
+overlap (``max_staleness=0`` in particular) a worker's next gradient is computed on parameters that include its last
+update, which keeps ``max_staleness=0`` exact. ``"wait"`` is not overlapped: a worker waiting for admission while
+holding the read of its next gradient could wait for a peer that waits for it.
 
 **Failures.** Every wait is bounded by ``Work.wait(timeout)``. A dead peer closes its pair's connection, which
 fails only that pair's channels (gloo pairs are per group): an owner notices a client's death at once, a client
