@@ -85,7 +85,7 @@ class Slowdown(Callback):
         self._start = None
 
 
-FAULTS = ("crash", "hang", "nan", "inf", "raise", "delay")
+FAULTS = ("crash", "hang", "nan", "inf", "raise", "delay", "duplicate")
 
 
 class FaultInjector(Callback):
@@ -98,6 +98,9 @@ class FaultInjector(Callback):
         worker that holds a read.
         ``"raise"``: a ``RuntimeError`` is raised in the training loop.
         ``"delay"``: the step is delayed by ``seconds``.
+        ``"duplicate"``: after the step, the worker's last update is sent again to every remote owner, byte for
+        byte (``engine="parameter_server"`` only: the shared-memory engine has no wire). Each owner must reject it
+        as ``rejected_duplicate``; the verdicts are kept in ``duplicate_verdicts``.
 
     Args:
         fault: one of the faults above.
@@ -116,6 +119,7 @@ class FaultInjector(Callback):
         self.steps = _ranks(steps)
         self.seconds = float(seconds)
         self.fired = 0
+        self.duplicate_verdicts: dict[int, str] = {}
         self._step = 0
 
     def _due(self, trainer: Trainer) -> bool:
@@ -146,6 +150,15 @@ class FaultInjector(Callback):
             self.fired += 1
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any) -> None:
+        if self.fault == "duplicate" and self._due(trainer):
+            engine = getattr(trainer.strategy, "engine", None)
+            if not hasattr(engine, "resend_last_push"):
+                raise RuntimeError(
+                    "FaultInjector('duplicate') needs AsyncAdaptiveStrategy(engine='parameter_server'): the "
+                    "shared-memory engine sends no messages that could be duplicated."
+                )
+            self.duplicate_verdicts.update(engine.resend_last_push())
+            self.fired += 1
         self._step += 1
 
 

@@ -253,6 +253,17 @@ def test_continue_survivors_finish_the_fit_after_a_pure_worker_dies(tmp_path):
     assert _no_process_left(tmp_path)
 
 
+@pytest.mark.timeout(120)
+def test_a_duplicated_update_is_rejected_by_its_owner_and_counted(tmp_path):
+    fault = json.dumps({"fault": "duplicate", "ranks": 1, "steps": [2, 5]})
+    result = _run_script(tmp_path, *PS, "--epochs", "1", "--samples", "256", "--fault", fault, timeout=100)
+    assert result.returncode == 0, result.stderr[-3000:]
+    r0, _ = _reports(tmp_path)
+    counters = r0["telemetry"]["counters"]
+    assert counters["rejected_duplicate"] == 2  # one remote owner (rank 0), two duplicated steps
+    _assert_counters(r0["telemetry"], max_staleness=4)
+
+
 def test_continue_needs_owner_ranks_and_the_parameter_server():
     with pytest.raises(ValueError, match="needs owner_ranks"):
         AsyncAdaptiveStrategy(engine="parameter_server", on_worker_failure="continue")

@@ -1637,8 +1637,20 @@ class ParameterServerEngine(Engine):
     # ------------------------------------------------------------------ fault injection (tests)
     def _debug_resend(self, owner: int) -> str:
         """Send the last PUSH to remote ``owner`` again, byte for byte (a duplicate); return its verdict."""
+        self._settle(owner)  # a pipelined push in flight becomes the last one
         reply = self._exchange({owner: self._last_push[owner]})[owner]
         return _CODE_V.get(reply[wire.P_FLAGS], "?")
+
+    def resend_last_push(self) -> dict[int, str]:
+        """Fault injection: send this worker's last update to every remote owner again, byte for byte. Returns
+        ``{owner rank: verdict}``; a correct owner answers ``"rejected_duplicate"`` and counts it."""
+        self._local_failed()
+        verdicts = {}
+        for owner in self._client:
+            self._settle(owner)
+            if owner in self._last_push:
+                verdicts[owner] = self._debug_resend(owner)
+        return verdicts
 
     def _debug_push(self, owner: int, blocks: list[tuple[int, torch.Tensor]]) -> str:
         """Push arbitrary ``(block, tensor)`` pairs to remote ``owner`` on the read held there; return the
