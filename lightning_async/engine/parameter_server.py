@@ -691,7 +691,9 @@ class ParameterServerEngine(Engine):
         self._local_cursor: dict[int, int] = {}
         self._gone: set[int] = set()
         self._claimer = _Background("lasync-ps-cursor")
-        self._claim_ahead: tuple[int, concurrent.futures.Future[int]] | None = None
+        self._claim_ahead: tuple[int, concurrent.futures.Future[list[int]]] | None = None
+        self._claimed: list[int] = []  # batch indices claimed and not yet handed out (of _claimed_epoch)
+        self._claimed_epoch = -1
         self._cursor_epochs: set[int] = set()
         if self._store is not None:
             self._check_schema()
@@ -1329,28 +1331,37 @@ class ParameterServerEngine(Engine):
     def next_batch(self, epoch: int, num_batches: int) -> int | None:
         """Hand out the next unclaimed batch index of ``epoch`` (each once over all workers), or ``None``.
 
-        The cursor lives in the store (a round trip to rank 0's TCPStore): the claim of this worker's next batch is
-        made in the background while the current one trains, so the round trip leaves the step's critical path. A
-        claim is only made ahead within an epoch, and an epoch's last claim finds the cursor past the end, so no
-        batch is claimed and left unused (unless fit stops mid-epoch)."""
+        The cursor lives in the store (a round trip to rank 0's TCPStore). A worker claims a few consecutive batches
+        at once (at most 4, and few enough that every worker gets at least 8 claims per epoch, so the balance between
+        fast and slow workers stays fine-grained), and claims its next ones in the background while the current
+        ones train: the round trip leaves the step's critical path. Claims are made ahead only within an epoch, and
+        an epoch's last claim finds the cursor past the end, so no batch is claimed and left unused (unless fit stops
+        mid-epoch)."""
         self._cursor_epochs.add(epoch)
         if self._store is None:
             index = self._local_cursor.get(epoch, 0)
             self._local_cursor[epoch] = index + 1
-        else:
-            ahead = self._claim_ahead
-            self._claim_ahead = None
+            return index if index < num_batches else None
+        held = self._claimed if self._claimed_epoch == epoch else []
+        if not held:
+            ahead, self._claim_ahead = self._claim_ahead, None
             if ahead is not None and ahead[0] == epoch:
-                index = ahead[1].result(timeout=self.timeout)
+                held = ahead[1].result(timeout=self.timeout)
             else:
-                index = self._claim(epoch)
-            if index < num_batches - 1:
-                self._claim_ahead = (epoch, self._claimer.submit(self._claim, epoch))
+                held = self._claim(epoch, self._chunk(num_batches))
+            self._claimed_epoch = epoch
+        index, self._claimed = held[0], held[1:]
+        if not self._claimed and index < num_batches - 1:
+            self._claim_ahead = (epoch, self._claimer.submit(self._claim, epoch, self._chunk(num_batches)))
         return index if index < num_batches else None
 
-    def _claim(self, epoch: int) -> int:
+    def _chunk(self, num_batches: int) -> int:
+        return max(1, min(4, num_batches // (8 * self.num_workers)))
+
+    def _claim(self, epoch: int, n: int) -> list[int]:
         assert self._store is not None
-        return int(self._store.add(f"cursor/{epoch}", 1)) - 1
+        end = int(self._store.add(f"cursor/{epoch}", n))
+        return list(range(end - n, end))
 
     def _cursor(self, epoch: int) -> int:
         if self._store is None:
