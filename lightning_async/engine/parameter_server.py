@@ -694,6 +694,7 @@ class ParameterServerEngine(Engine):
         self._claim_ahead: tuple[int, concurrent.futures.Future[list[int]]] | None = None
         self._claimed: list[int] = []  # batch indices claimed and not yet handed out (of _claimed_epoch)
         self._claimed_epoch = -1
+        self._last_claimed = -1
         self._cursor_epochs: set[int] = set()
         if self._store is not None:
             self._check_schema()
@@ -1334,29 +1335,31 @@ class ParameterServerEngine(Engine):
         The cursor lives in the store (a round trip to rank 0's TCPStore). A worker claims a few consecutive batches
         at once (at most 4, and few enough that every worker gets at least 8 claims per epoch, so the balance between
         fast and slow workers stays fine-grained), and claims its next ones in the background while the current
-        ones train: the round trip leaves the step's critical path. Claims are made ahead only within an epoch, and
-        an epoch's last claim finds the cursor past the end, so no batch is claimed and left unused (unless fit stops
-        mid-epoch)."""
+        ones train: the round trip leaves the step's critical path. Near the end of the epoch it claims one batch at
+        a time and nothing ahead: a slow worker holding batches there would make the others wait for it at the
+        epoch's end. Claims are made ahead only within an epoch, and an epoch's last claim finds the cursor past the
+        end, so no batch is claimed and left unused (unless fit stops mid-epoch)."""
         self._cursor_epochs.add(epoch)
         if self._store is None:
             index = self._local_cursor.get(epoch, 0)
             self._local_cursor[epoch] = index + 1
             return index if index < num_batches else None
-        held = self._claimed if self._claimed_epoch == epoch else []
-        if not held:
+        if self._claimed_epoch != epoch:
+            self._claimed, self._claimed_epoch, self._last_claimed = [], epoch, -1
+        chunk = max(1, min(4, num_batches // (8 * self.num_workers)))
+        steady = self._last_claimed + 2 * self.num_workers * chunk < num_batches  # not yet near the epoch's end
+        if not self._claimed:
             ahead, self._claim_ahead = self._claim_ahead, None
             if ahead is not None and ahead[0] == epoch:
-                held = ahead[1].result(timeout=self.timeout)
+                self._claimed = ahead[1].result(timeout=self.timeout)
             else:
-                held = self._claim(epoch, self._chunk(num_batches))
-            self._claimed_epoch = epoch
-        index, self._claimed = held[0], held[1:]
-        if not self._claimed and index < num_batches - 1:
-            self._claim_ahead = (epoch, self._claimer.submit(self._claim, epoch, self._chunk(num_batches)))
+                self._claimed = self._claim(epoch, chunk if steady else 1)
+            self._last_claimed = self._claimed[-1]
+        index, self._claimed = self._claimed[0], self._claimed[1:]
+        steady = self._last_claimed + 2 * self.num_workers * chunk < num_batches
+        if not self._claimed and steady:
+            self._claim_ahead = (epoch, self._claimer.submit(self._claim, epoch, chunk))
         return index if index < num_batches else None
-
-    def _chunk(self, num_batches: int) -> int:
-        return max(1, min(4, num_batches // (8 * self.num_workers)))
 
     def _claim(self, epoch: int, n: int) -> list[int]:
         assert self._store is not None
