@@ -10,7 +10,8 @@ waited for.
 
 Every rank calls the same collectives in the same order (as with torch.distributed), so the ``n``-th call of each
 rank meets the ``n``-th call of the others. Tensors travel as raw bytes behind a JSON header (dtype, shape);
-``broadcast`` of an arbitrary Python object pickles it, as ``torch.distributed.broadcast_object_list`` does.
+``broadcast`` sends JSON when the object is plain data (what Lightning broadcasts: paths, numbers, flags) and
+pickles anything else, as ``torch.distributed.broadcast_object_list`` always does.
 """
 
 from __future__ import annotations
@@ -43,6 +44,22 @@ def _decode(data: bytes) -> torch.Tensor:
         0, dtype=torch.uint8
     )
     return raw.view(dtype).reshape(header["shape"])
+
+
+def _pack_object(obj: Any) -> bytes:
+    try:
+        text = json.dumps(obj)
+        if json.loads(text) == obj:  # round-trips exactly (no tuples turned into lists, no str keys from ints)
+            return b"J" + text.encode()
+    except (TypeError, ValueError):
+        pass
+    return b"P" + pickle.dumps(obj)
+
+
+def _unpack_object(data: bytes) -> Any:
+    if data[:1] == b"J":
+        return json.loads(data[1:].decode())
+    return pickle.loads(data[1:])  # noqa: S301 - written by rank src of this run, as broadcast_object_list does
 
 
 def _op_name(reduce_op: Any) -> str:
@@ -109,11 +126,11 @@ class LiveCollectives:
         self._exchange(b"", f"barrier {name or ''}".strip())
 
     def broadcast(self, obj: Any, src: int = 0) -> Any:
-        payload = pickle.dumps(obj) if self.rank == src else None
+        payload = _pack_object(obj) if self.rank == src else None
         received = self._exchange(payload, f"broadcast from rank {src}", sources=[src])
         if src not in received:
             raise WorkerTimeoutError(f"rank {src} is gone: it cannot broadcast to rank {self.rank}.")
-        return obj if self.rank == src else pickle.loads(received[src])  # noqa: S301 - the run's own ranks
+        return obj if self.rank == src else _unpack_object(received[src])
 
     def all_gather(self, tensor: torch.Tensor) -> list[torch.Tensor]:
         """The tensors of the live ranks, in rank order (shapes may differ)."""

@@ -40,12 +40,14 @@ def test_reduce_gather_broadcast_and_decisions_among_all_ranks():
             live.reduce(x, "sum"), live.reduce(x, "mean"), live.reduce(x, dist.ReduceOp.MAX),
             live.all_gather(torch.arange(rank + 1)),  # shapes differ per rank
             live.broadcast({"path": f"from {rank}"}, src=0),
+            live.broadcast(("a", 1) if rank == 0 else None, src=0),  # not plain JSON: pickled, type kept
             live.all_true(rank != 2), live.any_true(rank == 2),
         )
 
     results = _run_ranks(3, body)
     for rank in range(3):
-        total, mean, largest, gathered, obj, all_true, any_true = results[rank]
+        total, mean, largest, gathered, obj, pair, all_true, any_true = results[rank]
+        assert pair == ("a", 1)
         assert torch.equal(total, torch.tensor([3.0, 30.0]))
         assert torch.allclose(mean, torch.tensor([1.0, 10.0]))
         assert torch.equal(largest, torch.tensor([2.0, 20.0]))

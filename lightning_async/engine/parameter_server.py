@@ -695,6 +695,8 @@ class ParameterServerEngine(Engine):
         self._claimed: list[int] = []  # batch indices claimed and not yet handed out (of _claimed_epoch)
         self._claimed_epoch = -1
         self._last_claimed = -1
+        self._last_chunk = 1
+        self._slow = False  # the others claim much faster than this worker: it claims nothing ahead
         self._cursor_epochs: set[int] = set()
         if self._store is not None:
             self._check_schema()
@@ -1335,10 +1337,11 @@ class ParameterServerEngine(Engine):
         The cursor lives in the store (a round trip to rank 0's TCPStore). A worker claims a few consecutive batches
         at once (at most 4, and few enough that every worker gets at least 8 claims per epoch, so the balance between
         fast and slow workers stays fine-grained), and claims its next ones in the background while the current
-        ones train: the round trip leaves the step's critical path. Near the end of the epoch it claims one batch at
-        a time and nothing ahead: a slow worker holding batches there would make the others wait for it at the
-        epoch's end. Claims are made ahead only within an epoch, and an epoch's last claim finds the cursor past the
-        end, so no batch is claimed and left unused (unless fit stops mid-epoch)."""
+        ones train: the round trip leaves the step's critical path. A worker that finds the others claiming much
+        faster than it does (more than 1.5 batches each per batch of its own) and every worker near the end of the
+        epoch claim one batch at a time and nothing ahead: a slow worker holding batches would make the others wait
+        for it at the epoch's end. Claims are made ahead only within an epoch, and an epoch's last claim finds the
+        cursor past the end, so no batch is claimed and left unused (unless fit stops mid-epoch)."""
         self._cursor_epochs.add(epoch)
         if self._store is None:
             index = self._local_cursor.get(epoch, 0)
@@ -1347,16 +1350,19 @@ class ParameterServerEngine(Engine):
         if self._claimed_epoch != epoch:
             self._claimed, self._claimed_epoch, self._last_claimed = [], epoch, -1
         chunk = max(1, min(4, num_batches // (8 * self.num_workers)))
-        steady = self._last_claimed + 2 * self.num_workers * chunk < num_batches  # not yet near the epoch's end
+        steady = not self._slow and self._last_claimed + 2 * self.num_workers * chunk < num_batches
         if not self._claimed:
             ahead, self._claim_ahead = self._claim_ahead, None
             if ahead is not None and ahead[0] == epoch:
-                self._claimed = ahead[1].result(timeout=self.timeout)
+                claimed = ahead[1].result(timeout=self.timeout)
             else:
-                self._claimed = self._claim(epoch, chunk if steady else 1)
-            self._last_claimed = self._claimed[-1]
+                claimed = self._claim(epoch, chunk if steady else 1)
+            if self._last_claimed >= 0:  # the others' claims since this worker's previous claim, per batch of its own
+                others = claimed[0] - self._last_claimed - 1
+                self._slow = others > 1.5 * (self.num_workers - 1) * self._last_chunk
+            self._claimed, self._last_claimed, self._last_chunk = claimed, claimed[-1], len(claimed)
         index, self._claimed = self._claimed[0], self._claimed[1:]
-        steady = self._last_claimed + 2 * self.num_workers * chunk < num_batches
+        steady = not self._slow and self._last_claimed + 2 * self.num_workers * chunk < num_batches
         if not self._claimed and steady:
             self._claim_ahead = (epoch, self._claimer.submit(self._claim, epoch, chunk))
         return index if index < num_batches else None
