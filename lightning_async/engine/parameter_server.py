@@ -77,7 +77,7 @@ default ``127.0.0.1``), but c10d's TCPStore listens on all interfaces whatever t
 shared machine, launch with a ``file://`` init method or firewall the port; across nodes, set ``MASTER_ADDR`` and
 ``GLOO_SOCKET_IFNAME`` to a private interface. See ``docs/multinode.md``.
 
-**GPU.** CUDA tensors are staged through host memory (plain, not yet pinned) and sent over gloo; the NCCL
+**GPU.** CUDA tensors are staged through page-locked (pinned) host memory and sent over gloo; the NCCL
 point-to-point path is not implemented, and the GPU path is untested here (no GPU; its test skips with a reason).
 """
 
@@ -672,7 +672,8 @@ class ParameterServerEngine(Engine):
         self.on_worker_failure = on_worker_failure
         self.owner_ranks = owners
         self._bins = (max_staleness if max_staleness is not None else _UNBOUNDED_BINS) + 2
-        if any(p.is_cuda for p in self.params) and not torch.cuda.is_available():  # pragma: no cover
+        cuda = any(p.is_cuda for p in self.params)
+        if cuda and not torch.cuda.is_available():  # pragma: no cover
             raise ValueError("CUDA parameters without CUDA")
         sizes = [p.numel() * p.element_size() for p in self.params]
         self.ownership = assign_blocks(sizes, owners)
@@ -711,9 +712,9 @@ class ParameterServerEngine(Engine):
                         continue
                     group = dist.new_group([c, o], backend="gloo", timeout=group_timeout)
                     if worker == c:
-                        self._client[o] = wire.Channel(group, o, self._max_payload, inline)
+                        self._client[o] = wire.Channel(group, o, self._max_payload, inline, pinned=cuda)
                     elif worker == o:
-                        self._server[c] = wire.Channel(group, c, self._max_payload, inline)
+                        self._server[c] = wire.Channel(group, c, self._max_payload, inline, pinned=cuda)
         self.authority = _Authority(self, self.ownership[worker]) if worker in owners else None
         # ---- overlap: a thread per remote owner waits for the replies to pipelined pushes (gloo's works cannot
         # be polled: is_completed() stays False until wait() is called)
