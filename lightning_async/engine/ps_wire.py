@@ -158,7 +158,7 @@ def pack(
     for slot, value in (ints or {}).items():
         header[slot] = int(value)
     prelude = frame[:rows_at].view(torch.int64)
-    prelude.copy_(torch.tensor(header, dtype=torch.int64))
+    prelude.numpy()[:] = header  # through numpy: no temporary tensor per message
     parts = Parts([prelude])
     if blocks:
         table = []
@@ -166,7 +166,7 @@ def pack(
             row = [block, version, DTYPE_CODE[t.dtype], t.numel(), start, t.dim(), *t.shape]
             table.append(row + [0] * (ROW - len(row)))
         rows = frame[rows_at:meta_at].view(torch.int64).view(len(blocks), ROW)
-        rows.copy_(torch.tensor(table, dtype=torch.int64))
+        rows.numpy()[:] = table
         parts.append(rows)
     if meta_bytes:
         meta_view = frame[meta_at : meta_at + len(meta_bytes)]
@@ -201,6 +201,9 @@ class Channel:
         self.max_payload = max_payload
         self.inline = max(int(inline), PRELUDE * 8)
         self.pinned = pinned  # receive into page-locked memory (the blocks go on to a GPU)
+        # the process group's own send/recv, with the peer's rank in the group: dist.isend/irecv would check and
+        # translate the same arguments again on every message
+        self._peer_in_group = dist.get_group_rank(group, peer)
         self.broken: str | None = None
         self._buffer: torch.Tensor | None = None
 
@@ -223,7 +226,7 @@ class Channel:
         frame = parts.frame
         pieces = [frame] if frame.numel() <= self.inline else [frame[: PRELUDE * 8], frame[PRELUDE * 8 :]]
         try:
-            return [dist.isend(p, dst=self.peer, group=self.group) for p in pieces]
+            return [self.group.send([p], self._peer_in_group, 0) for p in pieces]
         except RuntimeError as e:
             raise self._fail("send", e) from e
 
@@ -247,7 +250,7 @@ class Channel:
             self._buffer = torch.empty(self.inline, dtype=torch.uint8, pin_memory=self.pinned)
         buf = self._buffer
         try:
-            return buf, dist.irecv(buf, src=self.peer, group=self.group)
+            return buf, self.group.recv([buf], self._peer_in_group, 0)
         except RuntimeError as e:
             raise self._fail("receive", e) from e
 
@@ -272,7 +275,7 @@ class Channel:
             frame = torch.empty(total, dtype=torch.uint8)
             frame[: PRELUDE * 8].copy_(buf[: PRELUDE * 8])
             try:
-                rest = dist.irecv(frame[PRELUDE * 8 :], src=self.peer, group=self.group)
+                rest = self.group.recv([frame[PRELUDE * 8 :]], self._peer_in_group, 0)
             except RuntimeError as e:
                 raise self._fail("receive", e) from e
             self._wait(rest, timeout, "receive")
