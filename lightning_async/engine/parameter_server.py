@@ -156,6 +156,8 @@ class _Posted:
     detached: bool = False
     verdict: str = ""
     read: int = -1
+    posted_at: float = field(default_factory=time.perf_counter)
+    done_at: float = 0.0
 
 
 class _ReplyWaiter:
@@ -183,6 +185,7 @@ class _ReplyWaiter:
             except Exception as e:  # noqa: BLE001 - never leave the training thread waiting on a dead waiter
                 job.error = wire.ChannelError(f"{type(e).__name__}: {e}")
             finally:
+                job.done_at = time.perf_counter()
                 job.done.set()
 
     def stop(self) -> None:
@@ -472,7 +475,10 @@ class _Authority:
             self.hist[w, min(staleness, self.e._bins - 1)] += 1
             self._drop_oldest(w)
             self.cond.notify_all()
-            if flags & wire.F_WANT_READ and not self.read_queue and self._may_read(w):
+            pair = bool(flags & wire.F_WANT_PAIR)  # the worker starts overlapping: it computes on these twice
+            if flags & wire.F_WANT_READ and not self.read_queue and self._may_read(w, pair):
+                if pair:
+                    self._take_read(w)
                 return "applied", self._take_read(w), self.params_out(out)
             return "applied", -1, None
 
@@ -725,6 +731,12 @@ class ParameterServerEngine(Engine):
         self._inflight: dict[int, _Posted] = {}
         self._spare = {o: False for o in owners}  # a second read of the version held (overlap's first step)
         self._overlap_deferred = {o: 0 for o in owners}
+        # per remote owner: overlapping now? (only while the round trip is a large share of the step, see _worthwhile)
+        self._piped = {o: True for o in self._waiters}
+        self._latency = {o: 0.0 for o in self._waiters}  # moving average of the round trip, seconds
+        self._step_interval = 0.0  # moving average of the time between two submits
+        self._last_submit = 0.0
+        self._submits = 0
         self._owned_pending: set[int] = set()
         # ---- worker-side state, per owner
         self._seq = 0
@@ -877,6 +889,7 @@ class ParameterServerEngine(Engine):
         for owner in requests:
             self._settle(owner)  # a pipelined push's reply comes first on the channel
         posted = {}
+        sent_at = time.perf_counter()
         for owner, parts in requests.items():
             channel = self._client[owner]
             try:
@@ -896,6 +909,7 @@ class ParameterServerEngine(Engine):
                 raise self._owner_error(owner, e) from e
             if parts[0][wire.P_KIND] == wire.PUSH:
                 self._last_push[owner] = parts
+                self._note_latency(owner, time.perf_counter() - sent_at)  # the round trip (and local() meanwhile)
         for owner, reply in replies.items():
             self._check_reply(owner, reply)
         return replies
@@ -937,13 +951,30 @@ class ParameterServerEngine(Engine):
         posted.verdict = _CODE_V.get(reply[wire.P_FLAGS], "rejected_schema")
         posted.read = reply[wire.P_EXTRA]
         posted.checked = True
+        self._note_latency(owner, posted.done_at - posted.posted_at)
         return posted
+
+    def _note_latency(self, owner: int, seconds: float) -> None:
+        if owner in self._latency:
+            old = self._latency[owner]
+            self._latency[owner] = seconds if old == 0.0 else 0.7 * old + 0.3 * seconds
+
+    def _worthwhile(self, owner: int) -> bool | None:
+        """Whether overlapping the pushes to ``owner`` pays: ``True`` while the round trip takes more than a third of
+        this worker's step, ``False`` once it takes less than a sixth (waiting for it then costs little and the
+        update is one version fresher), ``None`` in between or before enough steps were seen (no change)."""
+        if self._submits < 8 or self._step_interval <= 0.0:
+            return None
+        share = self._latency[owner] / self._step_interval
+        return True if share > 1 / 3 else False if share < 1 / 6 else None
 
     def _settle(self, owner: int) -> None:
         """Before another request to ``owner``: take the in-flight push's reply off the channel (its parameters are
         copied out of the channel's buffer, which the next receive reuses; they are used at the next step)."""
         posted = self._await(owner)
-        if posted is not None and not posted.detached and posted.reply is not None \
+        if posted is not None and posted.read < 0:  # no read, no parameters: nothing left to consume
+            self._inflight.pop(owner, None)
+        elif posted is not None and not posted.detached and posted.reply is not None \
                 and posted.reply.payload is not None:
             posted.reply.payload = posted.reply.payload.clone()
             posted.detached = True
@@ -964,11 +995,12 @@ class ParameterServerEngine(Engine):
         return posted.verdict
 
     def _push_pipelined(self, owner: int, local_params: Sequence[torch.Tensor], grads: list[torch.Tensor | None],
-                        samples: int) -> str:
+                        samples: int, last: bool = False) -> str:
         """Send this (finite) gradient to remote ``owner`` and return at once (``"sent"``); the reply, with the
         parameters for the step after next, is taken at the next step. If the previous push's reply has not come
         back and the policy is ``"accumulate"``, the gradient is summed into the next push instead
-        (``"deferred"``)."""
+        (``"deferred"``). ``last``: the pipeline ends here (the push asks for no read; the worker's next gradient
+        is computed on the parameters it holds, and its next push waits for its reply)."""
         base = self._reads[owner]
         if base is None:
             raise AsyncTrainingError(f"worker {self.worker}: submit() without a read at owner rank {owner}; call "
@@ -980,7 +1012,8 @@ class ParameterServerEngine(Engine):
             self._overlap_deferred[owner] += 1
             return "deferred"
         blocks = self._add_pending(owner, grads, samples)
-        flags = wire.F_WANT_READ | wire.F_PIPELINED | (wire.F_MUST_APPLY if policy == "accumulate" else 0)
+        flags = (0 if last else wire.F_WANT_READ) | wire.F_PIPELINED
+        flags |= wire.F_MUST_APPLY if policy == "accumulate" else 0
         parts = self._request(owner, wire.PUSH, blocks=[(b, base, g) for b, g in blocks], ints={
             wire.P_VERSION: base, wire.P_SAMPLES: self._pending_samples[owner], wire.P_FLAGS: flags,
             wire.P_EXTRA: self._overlap_deferred[owner],
@@ -1113,6 +1146,11 @@ class ParameterServerEngine(Engine):
     def submit(self, local_params: Sequence[torch.Tensor], samples: int) -> str:
         self._local_failed()
         start = time.perf_counter()
+        if self._last_submit:
+            interval = start - self._last_submit
+            self._step_interval = interval if not self._step_interval else 0.8 * self._step_interval + 0.2 * interval
+        self._last_submit = start
+        self._submits += 1
         self._local_step += 1
         self._gradients += 1
         grads = [q.grad for q in local_params]
@@ -1151,11 +1189,16 @@ class ParameterServerEngine(Engine):
         deferred update) so that its owner rejects and counts it."""
         owners = list(self.owner_ranks if owners is None else owners)
         verdicts: dict[int, str] = {}
+        repipe: set[int] = set()  # owners whose pipeline (re)starts with this push's reply
         if grads is not None and finite and self._waiters:  # overlap: sent first, so they travel meanwhile
-            for o in owners:
-                if o in self._waiters:
-                    verdicts[o] = self._push_pipelined(o, local_params, grads, samples)
-            owners = [o for o in owners if o not in self._waiters]
+            piped = [o for o in owners if self._piped.get(o)]
+            for o in piped:
+                last = self._worthwhile(o) is False
+                verdicts[o] = self._push_pipelined(o, local_params, grads, samples, last=last)
+                if last and verdicts[o] == "sent":
+                    self._piped[o] = False
+            repipe = {o for o in owners if o in self._waiters and o not in piped and self._worthwhile(o)}
+            owners = [o for o in owners if o not in piped]
         offers: dict[int, tuple[int, list[tuple[int, torch.Tensor]], int]] = {}
         checked: dict[int, bool] = {}
         for o in owners:
@@ -1196,9 +1239,10 @@ class ParameterServerEngine(Engine):
         for o, (base, blocks, n) in offers.items():
             if o == self.worker:
                 continue
+            pair = wire.F_WANT_PAIR if o in repipe and flags & wire.F_WANT_READ else 0
             requests[o] = self._request(
                 o, wire.PUSH, blocks=[(b, base, g) for b, g in blocks],
-                ints={wire.P_VERSION: base, wire.P_SAMPLES: n, wire.P_FLAGS: flags,
+                ints={wire.P_VERSION: base, wire.P_SAMPLES: n, wire.P_FLAGS: flags | pair,
                       wire.P_EXTRA: self._overlap_deferred[o]},  # gradients summed while a pipelined push flew
             )
             self._overlap_deferred[o] = 0
@@ -1219,6 +1263,9 @@ class ParameterServerEngine(Engine):
                 continue  # the read stays held (and a deferred update stays pending)
             self._clear_pending(o)
             self._reads[o] = version if version >= 0 else None
+            if o in repipe and version >= 0:  # granted a pair: overlap again from the next step
+                self._spare[o] = True
+                self._piped[o] = True
         return verdicts
 
     def _add_pending(

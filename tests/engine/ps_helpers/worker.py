@@ -88,6 +88,7 @@ def main() -> None:
                 result["bad_dtype_verdict"] = engine._debug_push(0, [(block, params[block].grad.float())])
                 engine.begin_step(params)
                 result["bad_shape_verdict"] = engine._debug_push(0, [(block, params[block].grad.reshape(-1))])
+        result["overlapping"] = {str(o): on for o, on in engine._piped.items()}  # per remote owner, at the end
         engine.finish(params)
         result["finished_at"] = time.monotonic() - t0
         if rank == 0:
