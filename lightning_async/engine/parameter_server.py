@@ -49,7 +49,11 @@ reads at an owner (the one its gradient is computed on, and the one its in-fligh
 updates arrive in the order of its reads, and the owner admits both with the same feasibility rule (every read in
 flight, the worker's own included). Each overlapped update is one version staler: its own previous update lands in
 between. The first step after a blocking read takes a *pair* of reads of one version (``READ_PAIR``) so that the
-pipeline can start. Under ``"accumulate"`` a remote push is applied by the owner as soon as the bound admits it
+pipeline can start. Overlap is adaptive per owner: a worker whose round trip (a moving average) takes less than a
+sixth of its step stops overlapping (its last pipelined push asks for no read; it then pushes and waits, which costs
+little and keeps its updates one version fresher, and a slow worker then holds one read, not two, so the fast ones
+defer less), and one whose round trip takes more than a third starts again from a pair of reads granted with its
+push (``F_WANT_PAIR``). Under ``"accumulate"`` a remote push is applied by the owner as soon as the bound admits it
 (the owner's server thread waits, not the worker), and a gradient ready before the previous reply came back is
 summed into the next push (``deferred``, reported with it). A non-finite gradient takes the blocking path. Without
 overlap (``max_staleness=0`` in particular) a worker's next gradient is computed on parameters that include its last
@@ -611,7 +615,8 @@ class ParameterServerEngine(Engine):
         hang_timeout: seconds a worker holding a read may stay silent before its owners call it hung
             (default ``2 * timeout``). It must exceed the longest step.
         overlap: pipeline the pushes to remote owners: a worker sends its update and computes its next gradient
-            while the update travels and is applied, instead of waiting for the round trip. Its updates to a remote
+            while the update travels and is applied, instead of waiting for the round trip (adaptive: only while
+            the round trip is a large share of the worker's step). Its updates to a remote
             owner are then at least one version stale (its own previous update lands in between; all but the first
             after a read), so it needs ``max_staleness >= 1``, and it does not combine with
             ``bound_policy="wait"``. Default (``None``): on unless the policy is ``"wait"`` or ``max_staleness`` is
