@@ -90,6 +90,8 @@ def _assert_counters(telemetry: dict, max_staleness: int) -> None:
     c = telemetry["counters"]
     rejected = sum(v for k, v in c.items() if k.startswith("rejected_"))
     assert c["applied"] + rejected == c["received"]
+    # honest workers never send a base the owner does not expect, nor a malformed update
+    assert c["rejected_version"] == 0 and c["rejected_schema"] == 0, c
     hist = telemetry["histogram"]
     assert sum(hist) == c["applied"]
     assert all(n == 0 for s, n in enumerate(hist) if s > max_staleness), hist
@@ -181,6 +183,30 @@ def test_the_bound_holds_under_a_straggler(tmp_path, policy):
         assert c["samples"] == n and c["rejected_stale"] == 0  # no work lost
     if policy == "wait":
         assert c["applied"] == 2 * steps and c["deferred"] == 0
+
+
+@pytest.mark.timeout(150)
+def test_overlap_under_a_straggler_keeps_every_update_and_the_bound(tmp_path):
+    """max_staleness=4, accumulate: overlap is on; the fast worker overlaps, the slowed one switches to waiting
+    for its replies. Nothing is rejected (a read taken as a pair in waiting mode used to orphan one: rejected_version),
+    every sample of every epoch lands in an applied update, and the bound holds."""
+    n, epochs = 256, 8
+    # worker 1 sleeps 10 ms a step: its round trip becomes a small share of its step, so it stops overlapping (after
+    # 8 steps) and then crosses epoch boundaries in waiting mode, where the orphaned read used to appear
+    delay = json.dumps({"fault": "delay", "ranks": 1, "steps": list(range(200)), "seconds": 0.01})
+    result = _run_script(
+        tmp_path, *PS, "--epochs", str(epochs), "--samples", str(n), "--max-staleness", "4", "--fault", delay,
+        timeout=130,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    r0, r1 = _reports(tmp_path)
+    for epoch in range(epochs):
+        _each_sample_once(r0, r1, str(epoch), n)
+    telemetry = r0["telemetry"]
+    _assert_counters(telemetry, 4)
+    c = telemetry["counters"]
+    assert c["rejected"] == 0 and c["overlapped"] > 0
+    assert c["samples"] == epochs * n  # no work lost: deferred gradients land, summed
 
 
 # ---------------------------------------------------------------------------------------------- faults

@@ -1117,7 +1117,7 @@ class ParameterServerEngine(Engine):
                 if o in self._inflight:
                     self._consume(o, local_params)
                 if self._reads[o] is None:
-                    self._read_many(local_params, [o], wire.READ_PAIR if o in self._waiters else wire.READ_WAIT)
+                    self._read_many(local_params, [o], wire.READ_PAIR if self._piped.get(o) else wire.READ_WAIT)
         self._busy_seconds += time.perf_counter() - start
 
     def _read_many(self, local_params: Sequence[torch.Tensor], owners: list[int], mode: int) -> None:

@@ -327,6 +327,7 @@ def test_overlap_pipelines_remote_pushes_within_the_bound(tmp_path, policy):
     assert counters["gradients"] == 52 and r0["all_finished"] and r0["finite"] and r0["snapshot_matches_params"]
     assert r0["threads_alive"] == [] and r1["threads_alive"] == []
     assert counters["overlapped"] > 0
+    assert counters["rejected_version"] == 0 and counters["rejected_schema"] == 0  # every base as the owner expects
     # the slow worker's round trip is a small share of its 30 ms step: it stopped overlapping (fresher updates)
     assert r1["overlapping"] == {"0": False}
     if policy == "drop":  # reads are never gated: a pipeline starts at a worker's first step (a pair of reads)
