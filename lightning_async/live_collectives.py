@@ -95,6 +95,7 @@ class LiveCollectives:
         self.timeout = float(timeout)
         self.is_gone = is_gone
         self._calls = 0
+        self._published: list[str] = []  # this rank's keys that others may still read
 
     def _exchange(self, payload: bytes | None, what: str, sources: list[int] | None = None) -> dict[int, bytes]:
         """Publish ``payload`` (unless ``None``) as this call's contribution; collect those of ``sources`` (default:
@@ -114,6 +115,13 @@ class LiveCollectives:
                 elif self.is_gone(r):
                     pending.discard(r)
             if not pending:
+                if sources is None and payload is not None:
+                    # every live rank published this call, so each is done reading the earlier ones: drop ours
+                    for earlier in self._published:
+                        self.store.delete_key(earlier)
+                    self._published = []
+                if payload is not None:
+                    self._published.append(f"{key}/{self.rank}")
                 return received
             if time.monotonic() > deadline:
                 raise WorkerTimeoutError(

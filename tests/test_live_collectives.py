@@ -56,6 +56,26 @@ def test_reduce_gather_broadcast_and_decisions_among_all_ranks():
         assert all_true is False and any_true is True
 
 
+def test_each_rank_drops_its_key_of_the_previous_call():
+    store = dist.HashStore()
+
+    def body(live: LiveCollectives, rank: int):
+        for _ in range(5):
+            live.barrier()
+        return store.num_keys()
+
+    results = {}
+    threads = []
+    for rank in range(2):
+        live = LiveCollectives(store, rank, 2, 5.0, is_gone=lambda r: False)
+        threads.append(threading.Thread(target=lambda lv=live, r=rank: results.__setitem__(r, body(lv, r))))
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert store.num_keys() <= 2 * 2  # the last call's keys and, at most, the one before: not 5 calls' worth
+
+
 def test_a_gone_rank_is_skipped_not_awaited():
     def body(live: LiveCollectives, rank: int):
         return live.reduce(torch.tensor(float(rank + 1)), "mean"), live.all_true(True)
