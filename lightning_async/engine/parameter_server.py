@@ -1264,6 +1264,11 @@ class ParameterServerEngine(Engine):
                 if version >= 0:
                     self._copy_reply(local_params, reply, o)
             verdicts[o] = verdict
+            if verdict == "deferred" and o not in self._owned_pending and self._pending[o] is not None:
+                # kept past this step: own the buffers now (submit may report another owner's verdict, and the caller
+                # may then zero its gradients in place)
+                self._pending[o] = [None if g is None else g.detach().clone() for g in self._pending[o]]
+                self._owned_pending.add(o)
             if verdict == "deferred" or verdict == "rejected_nonfinite" or verdict == "rejected_duplicate":
                 continue  # the read stays held (and a deferred update stays pending)
             self._clear_pending(o)
