@@ -44,8 +44,9 @@ from lightning_async.engine.parameter_server import ParameterServerEngine
 from lightning_async.engine.shared_memory import SharedMemoryEngine
 from lightning_async.engine.shm import remove_stale_runs, run_directory
 from lightning_async.engine_optimizer import EngineOptimizer, ordered_params
+from lightning_async.fetcher import fetch_ahead, use_just_in_time_fetcher
 from lightning_async.live_collectives import LiveCollectives
-from lightning_async.sampler import dynamic_batch_loader_kwargs
+from lightning_async.sampler import SharedCursorBatchSampler, dynamic_batch_loader_kwargs
 from lightning_async.schedulers import GlobalProgressScheduler
 
 #: precisions whose gradients reach ``optimizer.step`` unscaled and whose optimizer step is never skipped
@@ -229,7 +230,8 @@ class AsyncAdaptiveStrategy(DDPStrategy):
             self._validate_trainer(trainer)
         super().setup(trainer)
         if trainer.state.fn == TrainerFn.FITTING:
-            trainer.callbacks.append(_EngineLifecycle(self))
+            # first among the callbacks: theirs then see the epoch's end and the refreshed parameters
+            trainer.callbacks.insert(0, _EngineLifecycle(self))
             # Lightning >= 2.5 broadcasts a SIGTERM flag from rank 0 before *every* training batch when
             # distributed: a per-step collective that would put asynchronous workers in lockstep (and pair
             # different steps). Each worker checks its own flag instead; there is no switch for this upstream.
@@ -405,6 +407,22 @@ class AsyncAdaptiveStrategy(DDPStrategy):
             self.engine.begin_step(self._local_params)
 
     @override
+    def optimizer_step(self, optimizer: Any, closure: Any, model: Any = None, **kwargs: Any) -> Any:
+        output = super().optimizer_step(optimizer, closure, model, **kwargs)
+        trainer = self.lightning_module.trainer if self.lightning_module is not None else None
+        if trainer is not None and trainer.training:
+            # claim the next shared-cursor batch now that this one is done, not when it started (see fetcher.py);
+            # before Lightning's end-of-step logic, which reads whether this was the epoch's last batch
+            fetch_ahead(trainer)
+        return output
+
+    def _uses_shared_cursor(self, trainer: Trainer) -> bool:
+        loader = trainer.fit_loop._combined_loader
+        return loader is not None and any(
+            isinstance(getattr(dl, "batch_sampler", None), SharedCursorBatchSampler) for dl in loader.flattened
+        )
+
+    @override
     def training_step(self, *args: Any, **kwargs: Any) -> Any:
         # metrics logged with sync_dist inside training_step are reduced locally: workers run different numbers
         # of steps, so a per-step collective would pair different steps (or hang); epoch-level values still sync
@@ -541,6 +559,10 @@ class _EngineLifecycle(Callback):
             self.engine.start()
             self.engine.refresh(self.strategy._local_params)
 
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.engine is not None and self.strategy._uses_shared_cursor(trainer):
+            use_just_in_time_fetcher(trainer)
+
     def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # validate the authoritative parameters; flush first so no peer waits on this worker's read meanwhile
         if self.engine is not None and not trainer.sanity_checking:
@@ -552,6 +574,10 @@ class _EngineLifecycle(Callback):
             self._log(trainer)
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any) -> None:
+        if fetch_ahead(trainer):
+            # a step without an optimizer step (the module's optimizer_step skipped it): the epoch's end is found
+            # only now, after Lightning's end-of-step logic, so step the epoch-interval schedulers as it would have
+            trainer.fit_loop.epoch_loop.update_lr_schedulers("epoch", update_plateau_schedulers=False)
         if self.engine is not None and trainer.is_global_zero and trainer.global_step % trainer.log_every_n_steps == 0:
             self._log(trainer)
 
