@@ -31,12 +31,15 @@ _WARMUP_STEPS = 3
 
 
 class Slowdown(Callback):
-    """Makes the chosen workers ``factor`` times slower.
+    """Makes the chosen workers ``factor`` times slower at computing their gradients.
 
-    A worker's natural step time (one whole training iteration, without the injected delay) is tracked as the median
-    of its recent steps, and each step of a slowed worker sleeps ``(factor - 1)`` times that long between computing its
-    gradient and the optimizer step, as a slower device would. Under DDP the sleep holds back every worker at the
-    next all-reduce; under ``async_adaptive`` only the slowed worker.
+    A slowed worker's natural gradient time (from the start of its step's batch to its optimizer step: the forward
+    and backward passes) is tracked as the median of its recent steps. Each step of a slowed worker then sleeps
+    ``(factor - 1)`` times that long between computing its gradient and the optimizer step, as a device ``factor``
+    times slower would. What follows the gradient is not scaled: the update, its communication, and fetching the
+    next batch take the same time on a slower device, and scaling them would multiply whatever an engine or a
+    strategy does there (a round trip, a wait) by ``factor - 1``. Under DDP the sleep holds back every worker at
+    the next all-reduce; under ``async_adaptive`` only the slowed worker.
 
     Args:
         ranks: global rank(s) to slow down.
@@ -55,34 +58,31 @@ class Slowdown(Callback):
         self.natural_step_seconds: float | None = None
         self.slept = 0.0
         self._start: float | None = None
-        self._slept_this_step = 0.0
         self._recent: deque[float] = deque(maxlen=32)
         self._steps = 0
 
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
-        self._start = time.perf_counter()
-        self._slept_this_step = 0.0
+        if self._start is None:  # the first batch of the optimizer step (with gradient accumulation, of its window)
+            self._start = time.perf_counter()
 
     def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer: Any) -> None:
-        if trainer.global_rank not in self.ranks or self._start is None:
+        if self._start is None:
+            return
+        computed = time.perf_counter() - self._start
+        self._start = None
+        if trainer.global_rank not in self.ranks:
             return
         # not slowed until its natural speed is known (after the warm-up steps)
         natural = self.natural_step_seconds or 0.0
         delay = (self.factor - 1.0) * natural + self.extra_seconds
         if delay > 0:
             time.sleep(delay)
-            self._slept_this_step += delay
             self.slept += delay
-
-    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any) -> None:
-        if self._start is None:
-            return
         self._steps += 1
         if self._steps > _WARMUP_STEPS:  # the first iterations are mostly warm-up, not the worker's speed
-            self._recent.append(time.perf_counter() - self._start - self._slept_this_step)
+            self._recent.append(computed)
             # the median of recent steps: robust to scheduling hiccups
             self.natural_step_seconds = statistics.median(self._recent)
-        self._start = None
 
 
 FAULTS = ("crash", "hang", "nan", "inf", "raise", "delay", "duplicate")
