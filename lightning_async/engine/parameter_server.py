@@ -162,6 +162,9 @@ class _Posted:
     read: int = -1
     posted_at: float = field(default_factory=time.perf_counter)
     done_at: float = 0.0
+    late: bool = False  # a blocking push whose reply is taken at the next begin_step (see _post_late)
+    base: int = -1  # late: the read the update was computed on (still held if the owner defers it)
+    repipe: bool = False  # late: the push asked for a pair of reads (overlap starts again from its reply)
 
 
 class _ReplyWaiter:
@@ -739,6 +742,11 @@ class ParameterServerEngine(Engine):
         # per remote owner: overlapping now? (only while the round trip is a large share of the step, see _worthwhile)
         self._piped = {o: True for o in self._waiters}
         self._latency = {o: 0.0 for o in self._waiters}  # moving average of the round trip, seconds
+        # per remote owner: moving average of the updates the *other* workers apply there per step of this one (from
+        # the versions its replies carry), and what was seen since the last step
+        self._others: dict[int, float | None] = {o: None for o in self._waiters}
+        self._others_new = {o: 0 for o in self._waiters}
+        self._reply_version: dict[int, int | None] = {o: None for o in self._waiters}
         self._step_interval = 0.0  # moving average of the time between two submits
         self._last_submit = 0.0
         self._submits = 0
@@ -916,15 +924,22 @@ class ParameterServerEngine(Engine):
                 self._last_push[owner] = parts
                 self._note_latency(owner, time.perf_counter() - sent_at)  # the round trip (and local() meanwhile)
         for owner, reply in replies.items():
-            self._check_reply(owner, reply)
+            self._check_reply(owner, reply, push=posted[owner][0][0][wire.P_KIND] == wire.PUSH)
         return replies
 
-    def _check_reply(self, owner: int, reply: wire.Message) -> None:
+    def _check_reply(self, owner: int, reply: wire.Message, push: bool) -> None:
         if reply[wire.P_STATUS] != wire.OK:
             cls = _ERRORS.get(str(reply.meta.get("error")), AsyncTrainingError)
             raise cls(f"{reply.meta.get('message', 'error')} (reported by owner rank {owner} to worker "
                       f"{self.worker})")
-        self._owner_versions[owner] = max(self._owner_versions[owner], reply[wire.P_VERSION])
+        version = reply[wire.P_VERSION]
+        self._owner_versions[owner] = max(self._owner_versions[owner], version)
+        previous = self._reply_version.get(owner)
+        if owner in self._reply_version:
+            self._reply_version[owner] = version
+        if previous is not None:  # the owner's version moved by this worker's applied update and the others'
+            mine = 1 if push and _CODE_V.get(reply[wire.P_FLAGS]) == "applied" else 0
+            self._others_new[owner] += max(0, version - previous - mine)
 
     # ------------------------------------------------------------------ overlap (pipelined pushes)
     def _post_pipelined(self, owner: int, parts: wire.Parts) -> None:
@@ -935,6 +950,39 @@ class ParameterServerEngine(Engine):
             raise self._owner_error(owner, e) from e
         self._inflight[owner] = posted
         self._waiters[owner].jobs.put(posted)
+
+    def _post_late(self, owner: int, parts: wire.Parts, base: int, repipe: bool) -> None:
+        """Send a blocking push and take its reply at the next :meth:`begin_step` instead of waiting for it now:
+        the round trip then overlaps the end of this step (the framework's bookkeeping, fetching the next batch),
+        and the next gradient is still computed on parameters that include this update (no staleness added). The
+        owner answers it without waiting (its read is granted only if the bound admits it at once), so taking the
+        reply first in :meth:`begin_step` cannot wait on another worker. Until then this worker holds no read at
+        ``owner`` (the reply brings the next one; if the owner defers the update, the read it was computed on stays
+        held and the update stays pending)."""
+        self._post_pipelined(owner, parts)
+        posted = self._inflight[owner]
+        posted.late, posted.base, posted.repipe = True, base, repipe
+        self._reads[owner] = None
+
+    def _resolve_late(self, owner: int, posted: _Posted) -> None:
+        """Apply a late push's verdict to this worker's pending update and read (its parameters are copied by
+        :meth:`_consume`)."""
+        if posted.verdict == "deferred":
+            self._reads[owner] = posted.base  # still held at the owner: the next gradient is summed into this one
+            if owner not in self._owned_pending and self._pending[owner] is not None:
+                # the pending sum is one raw gradient, the caller's (it may have been zeroed in place since): take
+                # it back from the frame that was sent, which holds an exact copy
+                sent = wire.Message(prelude=posted.parts[0], rows=posted.parts[1], payload=posted.parts[-1])
+                row_of = {row[wire.R_BLOCK]: i for i, row in enumerate(sent.rows.tolist())}
+                self._pending[owner] = [
+                    None if g is None else wire.decode_block(sent, row_of[b], self.params[b]).clone()
+                    for b, g in zip(self.ownership[owner], self._pending[owner])
+                ]
+                self._owned_pending.add(owner)
+            return
+        self._clear_pending(owner)  # applied, or rejected for good (as a blocking push's verdict)
+        if posted.read < 0:
+            self._reads[owner] = None
 
     def _await(self, owner: int) -> _Posted | None:
         """Wait (bounded) for the reply to the push in flight to ``owner``; raise what failed."""
@@ -949,7 +997,7 @@ class ParameterServerEngine(Engine):
         reply = posted.reply
         self._last_push[owner] = posted.parts
         try:
-            self._check_reply(owner, reply)
+            self._check_reply(owner, reply, push=True)
         except AsyncTrainingError:
             self._inflight.pop(owner, None)
             raise
@@ -957,6 +1005,8 @@ class ParameterServerEngine(Engine):
         posted.read = reply[wire.P_EXTRA]
         posted.checked = True
         self._note_latency(owner, posted.done_at - posted.posted_at)
+        if posted.late:
+            self._resolve_late(owner, posted)
         return posted
 
     def _note_latency(self, owner: int, seconds: float) -> None:
@@ -965,13 +1015,23 @@ class ParameterServerEngine(Engine):
             self._latency[owner] = seconds if old == 0.0 else 0.7 * old + 0.3 * seconds
 
     def _worthwhile(self, owner: int) -> bool | None:
-        """Whether overlapping the pushes to ``owner`` pays: ``True`` while the round trip takes more than a third of
-        this worker's step, ``False`` once it takes less than a sixth (waiting for it then costs little and the
-        update is one version fresher), ``None`` in between or before enough steps were seen (no change)."""
-        if self._submits < 8 or self._step_interval <= 0.0:
+        """Whether overlapping the pushes to ``owner`` pays (``None``: no change, or not enough steps seen yet).
+
+        Overlap saves the round trip's wait but makes each update one version staler (this worker's own previous
+        update lands between its read and its apply). ``False`` once the round trip takes less than a sixth of this
+        worker's step (waiting then costs little), or once the other workers apply fewer than one update for every
+        three steps of this one: its own updates then follow each other almost undisturbed, and overlap would turn
+        nearly every one of them from fresh into stale (the fast worker beside a straggler). ``True`` again once the
+        round trip takes more than a third of the step and the others apply at least one update every two steps
+        (their updates already interleave with this worker's, so one more version costs relatively little).
+        """
+        others = self._others.get(owner)
+        if self._submits < 8 or self._step_interval <= 0.0 or others is None:
             return None
         share = self._latency[owner] / self._step_interval
-        return True if share > 1 / 3 else False if share < 1 / 6 else None
+        if share < 1 / 6 or others < 1 / 3:
+            return False
+        return True if share > 1 / 3 and others >= 1 / 2 else None
 
     def _settle(self, owner: int) -> None:
         """Before another request to ``owner``: take the in-flight push's reply off the channel (its parameters are
@@ -995,7 +1055,10 @@ class ParameterServerEngine(Engine):
             assert posted.reply is not None
             self._copy_reply(local_params, posted.reply, owner)
             self._reads[owner] = posted.read
-        else:
+            if posted.late and posted.repipe:  # granted a pair: overlap again from this step
+                self._spare[owner] = True
+                self._piped[owner] = True
+        elif not posted.late:  # (a late push's read was settled with its verdict)
             self._reads[owner] = None
         return posted.verdict
 
@@ -1097,6 +1160,8 @@ class ParameterServerEngine(Engine):
     # ------------------------------------------------------------------ reads
     def begin_step(self, local_params: Sequence[torch.Tensor]) -> None:
         self._local_failed()
+        for o in [o for o, posted in self._inflight.items() if posted.late]:
+            self._consume(o, local_params)  # never waits on another worker (see _post_late): no ordering needed
         missing = [o for o in self.owner_ranks if self._reads[o] is None]
         if not missing:
             return  # holding reads everywhere: keep computing on the same parameters
@@ -1156,6 +1221,10 @@ class ParameterServerEngine(Engine):
             self._step_interval = interval if not self._step_interval else 0.8 * self._step_interval + 0.2 * interval
         self._last_submit = start
         self._submits += 1
+        for o, seen in self._others_new.items():  # the others' updates seen since the last step, per step
+            old = self._others[o]
+            self._others[o] = float(seen) if old is None else 0.8 * old + 0.2 * seen
+            self._others_new[o] = 0
         self._local_step += 1
         self._gradients += 1
         grads = [q.grad for q in local_params]
@@ -1241,18 +1310,28 @@ class ParameterServerEngine(Engine):
                                                            copy_in, checked.get(self.worker, False))
 
         requests = {}
+        late = grads is not None and finite and not must_apply  # a step's update: its replies may come late
         for o, (base, blocks, n) in offers.items():
             if o == self.worker:
                 continue
             pair = wire.F_WANT_PAIR if o in repipe and flags & wire.F_WANT_READ else 0
-            requests[o] = self._request(
+            parts = self._request(
                 o, wire.PUSH, blocks=[(b, base, g) for b, g in blocks],
                 ints={wire.P_VERSION: base, wire.P_SAMPLES: n, wire.P_FLAGS: flags | pair,
                       wire.P_EXTRA: self._overlap_deferred[o]},  # gradients summed while a pipelined push flew
             )
             self._overlap_deferred[o] = 0
+            if late and o in self._waiters:
+                self._settle(o)  # the last pipelined push's reply comes first on the channel
+                if o not in self._inflight:
+                    self._post_late(o, parts, base, repipe=bool(pair))
+                    verdicts[o] = "sent"
+                    continue
+            requests[o] = parts
         replies = self._exchange(requests, local)
         for o in offers:
+            if o in self._inflight and self._inflight[o].late:
+                continue  # its verdict comes with the reply, at the next begin_step
             if o == self.worker:
                 verdict, version, blocks = results[o]
                 if blocks is not None:
