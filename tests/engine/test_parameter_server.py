@@ -346,6 +346,40 @@ def test_overlap_pipelines_remote_pushes_within_the_bound(tmp_path, policy):
 
 
 @pytest.mark.timeout(120)
+def test_deferred_updates_keep_their_gradients_when_the_caller_zeroes_them_in_place(tmp_path):
+    """A deferred update keeps its gradients even when the caller zeroes them in place right after ``submit`` (as
+    ``zero_grad(set_to_none=False)`` would). With a constant gradient and plain SGD each applied update, however many
+    gradients it sums, moves every parameter of its owner by exactly -lr: one lost gradient would show as a half
+    step. Covers the local owner's deferral and the remote one's, whose verdict comes with a reply taken at the
+    next ``begin_step`` (blocking pushes, with overlap on: the fast worker's read reaches the bound's edge, and its
+    next push is deferred, while the straggler sleeps)."""
+    config = {"world": 2, "steps": [40, 12], "K": 2, "policy": "accumulate", "slow_rank": 1, "delay": 0.03,
+              "timeout": 10.0, "overlap": True, "pipeline": False, "constant_grad": True, "zero_in_place": True}
+    codes, (r0, r1) = _launch(tmp_path, config)
+    assert codes == [0, 0], (r0.get("traceback"), r1.get("traceback"))
+    counters, histogram = r0["counters"], r0["histogram"]
+    _check_invariants(counters, histogram, max_staleness=2)
+    assert counters["deferred"] > 0 and r0["late_deferred"] > 0  # both deferral paths were taken
+    assert counters["rejected"] == 0 and 2 * 52 <= counters["applied"] + counters["deferred"] <= 2 * 52 + 4
+    assert r0["sgd_exact"]
+
+
+@pytest.mark.timeout(120)
+def test_a_worker_the_others_barely_interleave_with_stops_overlapping(tmp_path):
+    """Beside a straggler (30 ms steps, the bound loose enough never to gate the fast worker) the others apply far
+    fewer than one update per step of the fast worker: overlap would make nearly all its updates one version
+    staler, so it stops, after its first steps, and its later updates are fresh."""
+    config = {"world": 2, "steps": [60, 12], "K": 50, "policy": "accumulate", "slow_rank": 1, "delay": 0.03,
+              "timeout": 10.0, "overlap": True}
+    codes, (r0, r1) = _launch(tmp_path, config)
+    assert codes == [0, 0], (r0.get("traceback"), r1.get("traceback"))
+    counters = r0["counters"]
+    assert r0["overlapping"] == {"1": False} and r1["overlapping"] == {"0": False}
+    assert 0 < counters["overlapped"] <= 2 * 9  # each worker's first steps only (the rule needs 8 to decide)
+    assert counters["rejected"] == 0
+
+
+@pytest.mark.timeout(120)
 def test_crashed_worker_continue_survivors_finish_three_processes(tmp_path):
     config = {"world": 3, "steps": [30, 30, 30], "K": 1, "policy": "accumulate", "owners": [0, 1],
               "crash": [2, 4], "on_failure": "continue", "slow_rank": 0, "delay": 0.01, "timeout": 30.0}

@@ -55,7 +55,10 @@ def main() -> None:
     try:
         m = model()
         params = list(m.parameters())
-        opt = torch.optim.SGD(params, lr=0.05, momentum=0.5)
+        initial = [p.detach().clone() for p in params]
+        # constant_grad: every gradient is all ones and SGD has no momentum, so each applied update moves every
+        # parameter of its owner's blocks by exactly -lr, however many gradients it sums (their mean is applied)
+        opt = torch.optim.SGD(params, lr=0.05, momentum=0.0 if cfg.get("constant_grad") else 0.5)
         engine = ParameterServerEngine(
             rank, world, params, opt, max_staleness=cfg.get("K", 1), bound_policy=cfg.get("policy", "wait"),
             timeout=cfg.get("timeout", 5.0), hang_timeout=cfg.get("hang_timeout"),
@@ -64,6 +67,16 @@ def main() -> None:
         )
         engine.start()
         engine.refresh(params)
+        if cfg.get("pipeline") is False:  # overlap on, but every push to a remote owner takes the blocking path
+            engine._piped = {o: False for o in engine._piped}
+        result["late_deferred"] = 0
+        resolve_late = engine._resolve_late
+
+        def counting(owner, posted):  # the verdicts of replies taken at the next begin_step
+            result["late_deferred"] += posted.verdict == "deferred"
+            return resolve_late(owner, posted)
+
+        engine._resolve_late = counting
         gen = torch.Generator().manual_seed(rank)
         steps = cfg["steps"][rank] if isinstance(cfg["steps"], list) else cfg["steps"]
         for step in range(steps):
@@ -76,10 +89,17 @@ def main() -> None:
                 time.sleep(cfg.get("delay", 0.05))
             x = torch.randn(4, 3, dtype=torch.float64, generator=gen)
             m.zero_grad()
-            m(x).pow(2).mean().backward()
+            if cfg.get("constant_grad"):
+                for p in params:
+                    p.grad = torch.ones_like(p)
+            else:
+                m(x).pow(2).mean().backward()
             if cfg.get("nan") == [rank, step]:
                 params[0].grad[0, 0] = float("nan")
             result["verdicts"].append(engine.submit(params, 4))
+            if cfg.get("zero_in_place"):  # as zero_grad(set_to_none=False) right after the step would
+                for p in params:
+                    p.grad.zero_()
             if cfg.get("duplicate") == [rank, step]:
                 result["duplicate_verdict"] = engine._debug_resend(0)
             if cfg.get("bad_dtype") == [rank, step]:
@@ -103,6 +123,12 @@ def main() -> None:
             result["snapshot_engine"] = snap["engine"]
             result["snapshot_state_keys"] = sorted(snap["optimizer"]["state"])
             result["finite"] = all(bool(torch.isfinite(p).all()) for p in params)
+            if cfg.get("constant_grad"):
+                version = {o["rank"]: o["version"] for o in snap["engine"]["owners"]}
+                result["sgd_exact"] = all(
+                    torch.allclose(snap["params"][b], initial[b] - 0.05 * version[o], rtol=0, atol=1e-12)
+                    for o, blocks in engine.ownership.items() for b in blocks
+                )
         engine.close()
         result["threads_alive"] = engine.threads_alive()
         result["elapsed"] = time.monotonic() - t0
