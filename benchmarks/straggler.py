@@ -9,9 +9,13 @@ optimizer, data and epochs under DDP and under ``async_adaptive`` on 2 CPU worke
 :class:`lightning_async.testing.Slowdown`. It also measures one unslowed worker alone, whose throughput gives the
 ideal: an asynchronous run can at best reach the sum of its workers' standalone speeds, s * (1 + 1/k).
 
-Printed and written (all ratios come from runs in this one invocation, since absolute times are noise here):
+Each configuration runs ``--repeats`` times (interleaved: DDP, async, DDP, async, ...), and the figures are the medians
+over the repeats: a single run's time-to-target swings by 10-20% on these noisy machines (where a run's batches reach
+the target, and scheduling hiccups). Printed and written (all ratios come from runs in this one invocation, since
+absolute times are noise here):
 
-* time-to-target: wall time until the moving average of worker 0's training loss first reaches ``--target``;
+* time-to-target: wall time from the start of fit until the moving average of worker 0's training loss first reaches
+  ``--target``; the ratio is async's median over DDP's median, and each repeat's own ratio is printed too;
 * samples/s over the whole fit, and the async/DDP ratios of both;
 * efficiency: async samples/s divided by the ideal;
 * peak resident memory per worker (max RSS) and the final validation accuracy of each run.
@@ -49,7 +53,8 @@ def _worker(args: argparse.Namespace) -> None:
             self.end = 0.0
             self.batches = 0
 
-        def on_train_start(self, trainer, pl_module) -> None:
+        def on_fit_start(self, trainer, pl_module) -> None:
+            # before any strategy's start of training (the async strategy's first reads and its barrier included)
             self.start = time.time()
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
@@ -145,6 +150,18 @@ def _time_to_target(series: list[list[float]], target: float, beta: float = 0.9)
     return None
 
 
+def _median(values: list[float | None]) -> float | None:
+    """The median, a run that never reached the target counting as the slowest."""
+    ordered = sorted(values, key=lambda v: float("inf") if v is None else v)
+    return ordered[len(ordered) // 2] if ordered else None
+
+
+def _median_run(runs: list[dict]) -> dict:
+    """The run whose time-to-target is the median of ``runs``."""
+    ordered = sorted(runs, key=lambda r: float("inf") if r["time_to_target"] is None else r["time_to_target"])
+    return ordered[len(ordered) // 2]
+
+
 def _ratio(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None or b == 0 else a / b
 
@@ -187,28 +204,39 @@ def _driver(args: argparse.Namespace) -> None:
     }
     alone = _run(args, "async", 1.0, 1, "standalone")
     results["runs"]["standalone"] = alone
+    results["repeats"] = args.repeats
     speed = alone["samples_per_s"]
     print(f"standalone worker: {speed:.0f} samples/s")
     header = (
         f"{'k':>3} {'DDP t->target':>14} {'async t->target':>16} {'time ratio':>10} {'DDP samp/s':>10} "
         f"{'async samp/s':>12} {'thr ratio':>9} {'efficiency':>10} {'DDP acc':>8} {'async acc':>9} "
-        f"{'RSS MB ddp/async':>17}"
+        f"{'RSS MB ddp/async':>17} {'time ratio per repeat':>22}"
     )
     print(header)
     for k in args.factors:
-        ddp = _run(args, "ddp", k, 2, f"ddp_k{k:g}")
-        asy = _run(args, "async", k, 2, f"async_k{k:g}")
+        ddps, asys = [], []
+        for i in range(args.repeats):
+            ddps.append(_run(args, "ddp", k, 2, f"ddp_k{k:g}_{i}"))
+            asys.append(_run(args, "async", k, 2, f"async_k{k:g}_{i}"))
+        ddp, asy = _median_run(ddps), _median_run(asys)  # the runs plotted: each the median of its repeats
         results["runs"][f"ddp_k{k:g}"], results["runs"][f"async_k{k:g}"] = ddp, asy
         ideal = speed * (1 + 1 / k)
+        ddp_ttt, asy_ttt = _median([r["time_to_target"] for r in ddps]), _median([r["time_to_target"] for r in asys])
+        ddp_thr, asy_thr = _median([r["samples_per_s"] for r in ddps]), _median([r["samples_per_s"] for r in asys])
         row = {
             "factor": k,
-            "ddp_time_to_target": ddp["time_to_target"], "async_time_to_target": asy["time_to_target"],
-            "time_ratio": _ratio(asy["time_to_target"], ddp["time_to_target"]),
-            "ddp_samples_per_s": ddp["samples_per_s"], "async_samples_per_s": asy["samples_per_s"],
-            "throughput_ratio": asy["samples_per_s"] / ddp["samples_per_s"],
-            "efficiency": asy["samples_per_s"] / ideal, "ideal_samples_per_s": ideal,
+            "ddp_time_to_target": ddp_ttt, "async_time_to_target": asy_ttt,
+            "time_ratio": _ratio(asy_ttt, ddp_ttt),
+            "time_ratio_per_repeat": [_ratio(a["time_to_target"], d["time_to_target"]) for d, a in zip(ddps, asys)],
+            "ddp_time_to_target_per_repeat": [r["time_to_target"] for r in ddps],
+            "async_time_to_target_per_repeat": [r["time_to_target"] for r in asys],
+            "ddp_samples_per_s": ddp_thr, "async_samples_per_s": asy_thr,
+            "throughput_ratio": asy_thr / ddp_thr,
+            "throughput_ratio_per_repeat": [a["samples_per_s"] / d["samples_per_s"] for d, a in zip(ddps, asys)],
+            "efficiency": asy_thr / ideal, "ideal_samples_per_s": ideal,
             "ddp_val_acc": ddp["val_acc"], "async_val_acc": asy["val_acc"],
-            "ddp_max_rss_mb": max(ddp["max_rss_mb"]), "async_max_rss_mb": max(asy["max_rss_mb"]),
+            "ddp_max_rss_mb": max(max(r["max_rss_mb"]) for r in ddps),
+            "async_max_rss_mb": max(max(r["max_rss_mb"]) for r in asys),
             "async_staleness_mean": asy["staleness_mean"], "async_staleness_max": asy["staleness_max"],
         }
         results["rows"].append(row)
@@ -221,7 +249,8 @@ def _driver(args: argparse.Namespace) -> None:
             f"{fmt(row['time_ratio'], '.2f'):>10} {row['ddp_samples_per_s']:>10.0f} "
             f"{row['async_samples_per_s']:>12.0f} {row['throughput_ratio']:>9.2f} {row['efficiency']:>10.2f} "
             f"{row['ddp_val_acc']:>8.3f} {row['async_val_acc']:>9.3f} "
-            f"{row['ddp_max_rss_mb']:>8.0f}/{row['async_max_rss_mb']:<8.0f}",
+            f"{row['ddp_max_rss_mb']:>8.0f}/{row['async_max_rss_mb']:<8.0f} "
+            f"{' '.join(fmt(x, '.2f') for x in row['time_ratio_per_repeat']):>22}",
             flush=True,
         )
     if args.out:
@@ -236,6 +265,7 @@ def main() -> None:
     parser.add_argument("--factors", type=float, nargs="+", default=[1.0, 2.0, 4.0], help="slowdowns k of worker 1")
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--target", type=float, default=0.02, help="training-loss target (moving average)")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per configuration (the figures are medians)")
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-staleness", type=int, default=4)

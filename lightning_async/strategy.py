@@ -558,6 +558,12 @@ class _EngineLifecycle(Callback):
         if self.engine is not None:
             self.engine.start()
             self.engine.refresh(self.strategy._local_params)
+            # take the first reads now and start the first steps together: a worker's first forward pass does
+            # one-time work (lazy imports, initialisation) that can hold its interpreter for a fifth of a second,
+            # and a peer's first read from the owner in that process would wait as long
+            self.engine.begin_step(self.strategy._local_params)
+            if trainer.world_size > 1:
+                self.strategy.barrier("lightning_async.first_reads")
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.engine is not None and self.strategy._uses_shared_cursor(trainer):

@@ -164,7 +164,8 @@ class _Posted:
     done_at: float = 0.0
     late: bool = False  # a blocking push whose reply is taken at the next begin_step (see _post_late)
     base: int = -1  # late: the read the update was computed on (still held if the owner defers it)
-    repipe: bool = False  # late: the push asked for a pair of reads (overlap starts again from its reply)
+    repipe: bool = False  # the push asked for a pair of reads (overlap starts again from its reply)
+    pair: bool = False  # the reply granted that pair
 
 
 class _ReplyWaiter:
@@ -404,41 +405,42 @@ class _Authority:
         held = self._in_flight(w)
         return self.e.bound.may_read(self.version, [*held, self.version] if pair else held)
 
-    def read(self, w: int, mode: int, out: Any = None) -> tuple[int, Any]:
-        """Serve a READ: returns (version or -1 if no read was taken, parameters or None)."""
+    def read(self, w: int, mode: int, out: Any = None) -> tuple[int, Any, int]:
+        """Serve a READ: returns (version or -1 if no read was taken, parameters or None, reads taken)."""
         with self.cond:
             self.check(w)
             self.last_seen[w] = time.time()
             if mode in (wire.RELEASE, wire.RELEASE_REFRESH):
                 self._drop_all(w)  # every read: the pushes sent before this request were served before it
                 if mode == wire.RELEASE:
-                    return -1, None
+                    return -1, None, 0
             if mode in (wire.REFRESH, wire.RELEASE_REFRESH):
-                return -1, self.params_out(out)
+                return -1, self.params_out(out), 0
             if w in self.reads:  # already holds one: hand back the same version's parameters cannot be done
                 raise AsyncTrainingError(f"worker {w} asked owner rank {self.e.worker} for a second read")
-            pair = mode == wire.READ_PAIR  # two reads of one version: the worker's next gradient is computed on
-            # these parameters too, while its first update travels (overlap)
             if mode == wire.READ_TRY:
                 if self.read_queue or not self._may_read(w):
-                    return -1, None
+                    return -1, None, 0
             else:  # first come first served: a worker that re-reads at once must not starve a waiting one
                 self.read_queue.append(w)
                 try:
-                    self.wait_for(w, lambda: self.read_queue[0] == w and self._may_read(w, pair), "take a read")
+                    self.wait_for(w, lambda: self.read_queue[0] == w and self._may_read(w), "take a read")
                 finally:
                     self.read_queue.remove(w)
                     self.cond.notify_all()
+            # READ_PAIR: two reads of one version (the worker's next gradient is computed on these parameters too,
+            # while its first update travels: overlap) if the bound admits two; else one (it asks again later)
+            pair = mode == wire.READ_PAIR and self._may_read(w, pair=True)
             if pair:
                 self._take_read(w)
-            return self._take_read(w), self.params_out(out)
+            return self._take_read(w), self.params_out(out), 2 if pair else 1
 
     # -------------------------------------------------------------- updates
     def push(
         self, w: int, seq: int, base: int, grads: list[tuple[int, Any]], samples: int, flags: int,
         schema_error: str | None, out: Any = None, finite: bool = False, deferred: int = 0,
-    ) -> tuple[str, int, Any]:
-        """Check and admit one update; returns (verdict, read version taken or -1, parameters or None).
+    ) -> tuple[str, int, Any, int]:
+        """Check and admit one update; returns (verdict, read version taken or -1, parameters or None, reads taken).
 
         The update's base must be the oldest read ``w`` holds here (a worker's updates arrive in the order of its
         reads). ``out``: see :meth:`params_out`. ``finite``: the caller (the local worker) already checked these very
@@ -448,20 +450,20 @@ class _Authority:
             self.check(w)
             self.last_seen[w] = time.time()
             if seq <= self.last_seq.get(w, 0):
-                return self._reject(w, "rejected_duplicate", release=False), -1, None
+                return self._reject(w, "rejected_duplicate", release=False), -1, None, 0
             self.last_seq[w] = seq
             if deferred:
                 self.count(w, "deferred", deferred)  # summed into this update by the worker (overlap)
             if schema_error is not None:
-                return self._reject(w, "rejected_schema", release=True), -1, None
+                return self._reject(w, "rejected_schema", release=True), -1, None, 0
             held = self.reads.get(w)
             if not held or held[0] != base or base > self.version:
                 if held and held[0] != base:
                     self._drop_all(w)
-                return self._reject(w, "rejected_version", release=False), -1, None
+                return self._reject(w, "rejected_version", release=False), -1, None, 0
             pipelined = bool(flags & wire.F_PIPELINED)  # the worker moved on: a rejection consumes the read
             if flags & wire.F_NONFINITE or not (finite or all_finite([g for _, g in grads])):
-                return self._reject(w, "rejected_nonfinite", release=pipelined), -1, None
+                return self._reject(w, "rejected_nonfinite", release=pipelined), -1, None, 0
             others = lambda: self._in_flight(w, skip_oldest=True)  # noqa: E731
             policy = self.e.bound.policy
             if policy == "wait" or (flags & wire.F_MUST_APPLY and policy == "accumulate"):
@@ -469,8 +471,8 @@ class _Authority:
             elif not self.e.bound.may_apply(self.version, base, others()):
                 if policy == "accumulate":
                     self.count(w, "deferred")
-                    return "deferred", -1, None
-                return self._reject(w, "rejected_stale", release=True), -1, None
+                    return "deferred", -1, None, 0
+                return self._reject(w, "rejected_stale", release=True), -1, None, 0
             staleness = self.version - base
             self._apply(grads, staleness)
             self.count(w, "received")
@@ -482,12 +484,15 @@ class _Authority:
             self.hist[w, min(staleness, self.e._bins - 1)] += 1
             self._drop_oldest(w)
             self.cond.notify_all()
-            pair = bool(flags & wire.F_WANT_PAIR)  # the worker starts overlapping: it computes on these twice
-            if flags & wire.F_WANT_READ and not self.read_queue and self._may_read(w, pair):
-                if pair:
-                    self._take_read(w)
-                return "applied", self._take_read(w), self.params_out(out)
-            return "applied", -1, None
+            if flags & wire.F_WANT_READ and not self.read_queue:
+                # a pair (the worker starts overlapping: it computes on these twice) if the bound admits two, else
+                # one read if it admits one
+                pair = bool(flags & wire.F_WANT_PAIR) and self._may_read(w, pair=True)
+                if pair or self._may_read(w):
+                    if pair:
+                        self._take_read(w)
+                    return "applied", self._take_read(w), self.params_out(out), 2 if pair else 1
+            return "applied", -1, None, 0
 
     def _reject(self, w: int, reason: str, *, release: bool) -> str:
         self.count(w, "received")
@@ -837,18 +842,20 @@ class ParameterServerEngine(Engine):
             return wire.pack(wire.RESPONSE, self.worker, seq, blocks=blocks)
 
         if kind == wire.READ:
-            version, reply = auth.read(c, m[wire.P_FLAGS], out)
+            version, reply, reads = auth.read(c, m[wire.P_FLAGS], out)
             reply = reply if reply is not None else wire.pack(wire.RESPONSE, self.worker, seq)
             reply[0][wire.P_VERSION], reply[0][wire.P_EXTRA] = auth.version, version
+            reply[0][wire.P_READS] = reads
             return reply
         if kind == wire.PUSH:
             grads, schema_error = self._decode_push(m)
-            verdict, version, reply = auth.push(
+            verdict, version, reply, reads = auth.push(
                 c, seq, m[wire.P_VERSION], grads, m[wire.P_SAMPLES], m[wire.P_FLAGS], schema_error, out,
                 deferred=max(0, m[wire.P_EXTRA]),
             )
             reply = reply if reply is not None else wire.pack(wire.RESPONSE, self.worker, seq)
             reply[0][wire.P_VERSION], reply[0][wire.P_EXTRA] = auth.version, version
+            reply[0][wire.P_READS] = reads
             reply[0][wire.P_FLAGS] = _V_CODE[verdict]
             return reply
         if kind in (wire.BYE, wire.CLOSE):
@@ -990,6 +997,7 @@ class ParameterServerEngine(Engine):
         if posted is None or posted.checked:
             return posted
         if not posted.done.wait(2 * self.reply_timeout + 1.0):  # the waiter's two waits are each bounded
+            self._inflight.pop(owner, None)  # given up: close() must not wait for it again
             raise self._owner_error(owner, wire.ChannelError("no reply", timed_out=True))
         if posted.error is not None or posted.reply is None:
             self._inflight.pop(owner, None)
@@ -1003,6 +1011,7 @@ class ParameterServerEngine(Engine):
             raise
         posted.verdict = _CODE_V.get(reply[wire.P_FLAGS], "rejected_schema")
         posted.read = reply[wire.P_EXTRA]
+        posted.pair = posted.repipe and posted.read >= 0 and reply[wire.P_READS] == 2
         posted.checked = True
         self._note_latency(owner, posted.done_at - posted.posted_at)
         if posted.late:
@@ -1020,18 +1029,18 @@ class ParameterServerEngine(Engine):
         Overlap saves the round trip's wait but makes each update one version staler (this worker's own previous
         update lands between its read and its apply). ``False`` once the round trip takes less than a sixth of this
         worker's step (waiting then costs little), or once the other workers apply fewer than one update for every
-        three steps of this one: its own updates then follow each other almost undisturbed, and overlap would turn
-        nearly every one of them from fresh into stale (the fast worker beside a straggler). ``True`` again once the
-        round trip takes more than a third of the step and the others apply at least one update every two steps
-        (their updates already interleave with this worker's, so one more version costs relatively little).
+        two steps of this one: its own updates then mostly follow each other undisturbed, and overlap would turn
+        most of them from fresh into stale (the fast worker beside a straggler). ``True`` again once the round trip
+        takes more than a third of the step and the others apply at least two updates every three steps (their
+        updates already interleave with this worker's, so one more version costs relatively little).
         """
         others = self._others.get(owner)
         if self._submits < 8 or self._step_interval <= 0.0 or others is None:
             return None
         share = self._latency[owner] / self._step_interval
-        if share < 1 / 6 or others < 1 / 3:
+        if share < 1 / 6 or others < 1 / 2:
             return False
-        return True if share > 1 / 3 and others >= 1 / 2 else None
+        return True if share > 1 / 3 and others >= 2 / 3 else None
 
     def _settle(self, owner: int) -> None:
         """Before another request to ``owner``: take the in-flight push's reply off the channel (its parameters are
@@ -1055,7 +1064,7 @@ class ParameterServerEngine(Engine):
             assert posted.reply is not None
             self._copy_reply(local_params, posted.reply, owner)
             self._reads[owner] = posted.read
-            if posted.late and posted.repipe:  # granted a pair: overlap again from this step
+            if posted.pair:  # granted a pair: overlap (again) from this step
                 self._spare[owner] = True
                 self._piped[owner] = True
         elif not posted.late:  # (a late push's read was settled with its verdict)
@@ -1080,7 +1089,16 @@ class ParameterServerEngine(Engine):
             self._overlap_deferred[owner] += 1
             return "deferred"
         blocks = self._add_pending(owner, grads, samples)
-        flags = (0 if last else wire.F_WANT_READ) | wire.F_PIPELINED
+        if previous is not None:
+            self._consume(owner, local_params)  # the parameters (and read) for the next gradient
+        elif self._spare[owner]:
+            self._spare[owner] = False  # the next gradient is computed on these parameters again
+        else:
+            self._reads[owner] = None
+        # no read for the next gradient (the previous reply brought none, or the pipeline had stopped): the next
+        # step waits for this push's reply, so ask it for a pair of reads, to overlap again from there
+        repipe = not last and self._reads[owner] is None
+        flags = (0 if last else wire.F_WANT_READ) | wire.F_PIPELINED | (wire.F_WANT_PAIR if repipe else 0)
         flags |= wire.F_MUST_APPLY if policy == "accumulate" else 0
         parts = self._request(owner, wire.PUSH, blocks=[(b, base, g) for b, g in blocks], ints={
             wire.P_VERSION: base, wire.P_SAMPLES: self._pending_samples[owner], wire.P_FLAGS: flags,
@@ -1088,13 +1106,8 @@ class ParameterServerEngine(Engine):
         })
         self._clear_pending(owner)
         self._overlap_deferred[owner] = 0
-        if previous is not None:
-            self._consume(owner, local_params)  # the parameters (and read) for the next gradient
-        elif self._spare[owner]:
-            self._spare[owner] = False  # the next gradient is computed on these parameters again
-        else:
-            self._reads[owner] = None
         self._post_pipelined(owner, parts)
+        self._inflight[owner].repipe = repipe
         return "sent"
 
     def _owner_error(self, owner: int, e: wire.ChannelError) -> AsyncTrainingError:
@@ -1186,7 +1199,7 @@ class ParameterServerEngine(Engine):
         self._busy_seconds += time.perf_counter() - start
 
     def _read_many(self, local_params: Sequence[torch.Tensor], owners: list[int], mode: int) -> None:
-        result: dict[int, tuple[int, Any]] = {}
+        result: dict[int, tuple[int, Any, int]] = {}
         copy_in = self._local_copier(local_params)
 
         def local() -> None:
@@ -1198,15 +1211,15 @@ class ParameterServerEngine(Engine):
         replies = self._exchange(requests, local)
         for o in owners:
             if o == self.worker:
-                version, blocks = result[o]
+                version, blocks, reads = result[o]
                 if blocks is not None:
                     self._copy_in(local_params, blocks)
             else:
-                version = replies[o][wire.P_EXTRA]
+                version, reads = replies[o][wire.P_EXTRA], replies[o][wire.P_READS]
                 self._copy_reply(local_params, replies[o], o)
             if mode in (wire.READ_WAIT, wire.READ_TRY, wire.READ_PAIR):
                 self._reads[o] = version if version >= 0 else None
-                self._spare[o] = mode == wire.READ_PAIR and version >= 0
+                self._spare[o] = version >= 0 and reads == 2  # READ_PAIR may grant one read only
             elif mode in (wire.RELEASE, wire.RELEASE_REFRESH):
                 self._reads[o] = None  # every read this worker held there, a pipelined reply's included
                 self._spare[o] = False
@@ -1223,7 +1236,7 @@ class ParameterServerEngine(Engine):
         self._submits += 1
         for o, seen in self._others_new.items():  # the others' updates seen since the last step, per step
             old = self._others[o]
-            self._others[o] = float(seen) if old is None else 0.8 * old + 0.2 * seen
+            self._others[o] = float(seen) if old is None else 0.9 * old + 0.1 * seen  # over about ten steps
             self._others_new[o] = 0
         self._local_step += 1
         self._gradients += 1
@@ -1333,7 +1346,7 @@ class ParameterServerEngine(Engine):
             if o in self._inflight and self._inflight[o].late:
                 continue  # its verdict comes with the reply, at the next begin_step
             if o == self.worker:
-                verdict, version, blocks = results[o]
+                verdict, version, blocks, _ = results[o]
                 if blocks is not None:
                     self._copy_in(local_params, blocks)
             else:
@@ -1352,7 +1365,8 @@ class ParameterServerEngine(Engine):
                 continue  # the read stays held (and a deferred update stays pending)
             self._clear_pending(o)
             self._reads[o] = version if version >= 0 else None
-            if o in repipe and version >= 0:  # granted a pair: overlap again from the next step
+            if o in repipe and o != self.worker and version >= 0 and replies[o][wire.P_READS] == 2:
+                # granted a pair: overlap again from the next step
                 self._spare[o] = True
                 self._piped[o] = True
         return verdicts
