@@ -86,8 +86,9 @@ class AsyncAdaptiveStrategy(DDPStrategy):
             adaptive state (Adam's second moment) can lose an update and blow the step up. Reads never lock.
         overlap: ``parameter_server`` only: send each update to the remote owners and compute the next gradient
             while it travels, instead of waiting for the round trip (each such update is then one version staler);
-            adaptive per owner, only while the round trip is a large share of the step. ``None`` (default): on
-            unless ``bound_policy="wait"`` or ``max_staleness < 2``.
+            adaptive per owner, only while the round trip is a large share of the step and the other workers'
+            updates interleave with this worker's. Otherwise the reply is taken as the next step starts (no
+            staleness added). ``None`` (default): on unless ``bound_policy="wait"`` or ``max_staleness < 2``.
         on_worker_failure: ``parameter_server`` only. ``"stop"`` (default): a dead or hung worker stops the run
             within ``timeout`` with an error naming its rank. ``"continue"``: a dead or hung *pure worker* (a rank
             outside ``owner_ranks``) is dropped, its in-flight update counted as ``lost``, and the others train on;

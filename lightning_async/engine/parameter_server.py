@@ -49,16 +49,19 @@ reads at an owner (the one its gradient is computed on, and the one its in-fligh
 updates arrive in the order of its reads, and the owner admits both with the same feasibility rule (every read in
 flight, the worker's own included). Each overlapped update is one version staler: its own previous update lands in
 between. The first step after a blocking read takes a *pair* of reads of one version (``READ_PAIR``) so that the
-pipeline can start. Overlap is adaptive per owner: a worker whose round trip (a moving average) takes less than a
-sixth of its step stops overlapping (its last pipelined push asks for no read; it then pushes and waits, which costs
-little and keeps its updates one version fresher, and a slow worker then holds one read, not two, so the fast ones
-defer less), and one whose round trip takes more than a third starts again from a pair of reads granted with its
-push (``F_WANT_PAIR``). Under ``"accumulate"`` a remote push is applied by the owner as soon as the bound admits it
-(the owner's server thread waits, not the worker), and a gradient ready before the previous reply came back is
-summed into the next push (``deferred``, reported with it). A non-finite gradient takes the blocking path. Without
-overlap (``max_staleness=0`` in particular) a worker's next gradient is computed on parameters that include its last
-update, which keeps ``max_staleness=0`` exact. ``"wait"`` is not overlapped: a worker waiting for admission while
-holding the read of its next gradient could wait for a peer that waits for it.
+pipeline can start. Overlap is adaptive per owner (:meth:`ParameterServerEngine._worthwhile`): a worker whose round
+trip (a moving average) takes less than a sixth of its step, or with whose updates the others barely interleave
+(fewer than one of theirs per two of its steps: the fast worker beside a straggler, whose updates overlap would make
+stale), stops overlapping (its last pipelined push asks for no read; a slow worker then holds one read, not two, so
+the fast ones defer less). It starts again from a pair of reads granted with a push (``F_WANT_PAIR``; an owner whose
+bound admits one read only grants one, and the worker asks again). Without overlap a push still returns at once and
+its reply is taken at the next :meth:`begin_step` (*late replies*): the round trip overlaps the end of the step,
+and the next gradient includes the update. Under ``"accumulate"`` a pipelined push is applied by the owner as soon
+as the bound admits it (the owner's server thread waits, not the worker), and a gradient ready before the previous
+reply came back is summed into the next push (``deferred``, reported with it). A non-finite gradient takes the
+blocking path. Without overlap (``max_staleness=0`` in particular) a worker's next gradient is computed on
+parameters that include its last update, which keeps ``max_staleness=0`` exact. ``"wait"`` is not overlapped: a
+worker waiting for admission while holding the read of its next gradient could wait for a peer that waits for it.
 
 **Failures.** Every wait is bounded by ``Work.wait(timeout)``. A dead peer closes its pair's connection, which
 fails only that pair's channels (gloo pairs are per group): an owner notices a client's death at once, a client
