@@ -952,14 +952,17 @@ class ParameterServerEngine(Engine):
             self._others_new[owner] += max(0, version - previous - mine)
 
     # ------------------------------------------------------------------ overlap (pipelined pushes)
-    def _post_pipelined(self, owner: int, parts: wire.Parts) -> None:
+    def _post_pipelined(self, owner: int, parts: wire.Parts, waiter: bool = True) -> None:
+        """Post the push and its reply's receive; ``waiter``: the owner's reply-waiter thread completes them (else
+        :meth:`_await` does, in this thread)."""
         channel = self._client[owner]
         try:
             posted = _Posted(parts, channel.post(parts), channel.post_prelude())
         except wire.ChannelError as e:
             raise self._owner_error(owner, e) from e
         self._inflight[owner] = posted
-        self._waiters[owner].jobs.put(posted)
+        if waiter:
+            self._waiters[owner].jobs.put(posted)
 
     def _post_late(self, owner: int, parts: wire.Parts, base: int, repipe: bool) -> None:
         """Send a blocking push and take its reply at the next :meth:`begin_step` instead of waiting for it now:
@@ -968,8 +971,9 @@ class ParameterServerEngine(Engine):
         owner answers it without waiting (its read is granted only if the bound admits it at once), so taking the
         reply first in :meth:`begin_step` cannot wait on another worker. Until then this worker holds no read at
         ``owner`` (the reply brings the next one; if the owner defers the update, the read it was computed on stays
-        held and the update stays pending)."""
-        self._post_pipelined(owner, parts)
+        held and the update stays pending). Its reply is completed by :meth:`_await`, in this thread: the worker
+        waits for it anyway, and a hand-off through the waiter thread would only add a wake-up."""
+        self._post_pipelined(owner, parts, waiter=False)
         posted = self._inflight[owner]
         posted.late, posted.base, posted.repipe = True, base, repipe
         self._reads[owner] = None
@@ -999,6 +1003,16 @@ class ParameterServerEngine(Engine):
         posted = self._inflight.get(owner)
         if posted is None or posted.checked:
             return posted
+        if posted.late and not posted.done.is_set():  # no waiter thread: complete it here (each wait bounded)
+            channel = self._client[owner]
+            try:
+                channel.complete(posted.works, self.reply_timeout)
+                posted.reply = channel.receive(self.reply_timeout, posted.prelude)
+            except wire.ChannelError as e:
+                posted.error = e
+            finally:
+                posted.done_at = time.perf_counter()
+                posted.done.set()
         if not posted.done.wait(2 * self.reply_timeout + 1.0):  # the waiter's two waits are each bounded
             self._inflight.pop(owner, None)  # given up: close() must not wait for it again
             raise self._owner_error(owner, wire.ChannelError("no reply", timed_out=True))
