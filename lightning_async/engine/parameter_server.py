@@ -1850,7 +1850,10 @@ class ParameterServerEngine(Engine):
         verdict = _CODE_V.get(self._exchange({owner: parts})[owner][wire.P_FLAGS], "?")
         if verdict not in ("deferred", "rejected_nonfinite", "rejected_duplicate"):
             self._clear_pending(owner)
-            self._reads[owner] = None
+            if self._spare[owner]:  # the owner released one of the pair: the other read of that version is held
+                self._spare[owner] = False
+            else:
+                self._reads[owner] = None
         return verdict
 
     def threads_alive(self) -> list[str]:
