@@ -481,3 +481,39 @@ def test_the_owners_optimizer_never_steps_the_users_parameters_under_an_lr_sched
     assert torch.equal(local[0].detach(), torch.ones(3))
     assert torch.allclose(shadows[0].detach(), torch.full((3,), 0.9))
     assert not optimizer.state and restricted.state
+
+
+def _authority(max_staleness: int):
+    """An owner's state for two workers, without processes: only what ``_Authority`` reads of its engine."""
+    from types import SimpleNamespace
+
+    from lightning_async.engine.bound import StalenessBound
+    from lightning_async.engine.parameter_server import _Authority
+
+    params = [torch.nn.Parameter(torch.zeros(2))]
+    engine = SimpleNamespace(
+        params=params, optimizer=torch.optim.SGD(params, lr=0.1), num_workers=2, _bins=8, worker=0,
+        owner_ranks=[0], bound=StalenessBound(max_staleness, "accumulate"), timeout=1.0, hang_timeout=2.0,
+        on_worker_failure="stop", _wait_seconds=0.0, _mark_gone=lambda w: None,
+    )
+    return _Authority(engine, [0])
+
+
+def test_a_pair_of_reads_is_granted_only_when_the_bound_admits_two_else_one_read():
+    """Overlap starts from a pair of reads of one version. When the bound admits one more read but not two, a pair
+    request gets one read (the worker computes one gradient and asks again) instead of waiting for two."""
+    auth = _authority(max_staleness=1)
+    assert auth.read(0, wire.READ_PAIR)[0::2] == (0, 2)  # alone: two reads of version 0
+    auth.read(0, wire.RELEASE)
+    assert auth.read(1, wire.READ_WAIT)[0::2] == (0, 1)  # another worker computes on version 0
+    assert auth.read(0, wire.READ_PAIR)[0::2] == (0, 1)  # a pair would break K=1 when applied: one read
+    # its update lands (version 1); the pair it asks for with it would be version 1 twice beside worker 1's read of
+    # version 0, two applies away from the bound: again one read only
+    verdict, version, params, reads = auth.push(
+        0, 1, 0, [(0, torch.ones(2))], 4, wire.F_WANT_READ | wire.F_WANT_PAIR, None
+    )
+    assert (verdict, version, reads) == ("applied", 1, 1) and params is not None
+    assert auth.reads == {1: [0], 0: [1]}
+    auth.read(1, wire.RELEASE)  # worker 1 released its read: now the bound admits the pair
+    verdict, version, _, reads = auth.push(0, 2, 1, [(0, torch.ones(2))], 4, wire.F_WANT_READ | wire.F_WANT_PAIR, None)
+    assert (verdict, version, reads) == ("applied", 2, 2) and auth.reads == {0: [2, 2]}
