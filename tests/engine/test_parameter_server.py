@@ -21,6 +21,7 @@ import torch
 
 from lightning_async.engine import ps_wire as wire
 from lightning_async.engine.parameter_server import ParameterServerEngine, assign_blocks
+from lightning_async.errors import AsyncTrainingError
 
 WORKER = Path(__file__).parent / "ps_helpers" / "worker.py"
 
@@ -517,3 +518,24 @@ def test_a_pair_of_reads_is_granted_only_when_the_bound_admits_two_else_one_read
     auth.read(1, wire.RELEASE)  # worker 1 released its read: now the bound admits the pair
     verdict, version, _, reads = auth.push(0, 2, 1, [(0, torch.ones(2))], 4, wire.F_WANT_READ | wire.F_WANT_PAIR, None)
     assert (verdict, version, reads) == ("applied", 2, 2) and auth.reads == {0: [2, 2]}
+
+
+def test_reply_layouts_are_checked_once_and_a_changed_layout_is_checked_again():
+    engine, _, params = _single(lambda ps: torch.optim.SGD(ps, lr=0.1))
+    local = [p.detach().clone() for p in params]
+
+    def reply(tensors):
+        parts = wire.pack(wire.RESPONSE, 0, 1, blocks=[(b, 7, t) for b, t in enumerate(tensors)])
+        return wire.Message(prelude=parts[0], rows=parts[1], payload=parts[-1])
+
+    for value in (1.0, 2.0):  # checked row by row, then recognised
+        engine._copy_reply(local, reply([torch.full_like(p, value) for p in params]), 0)
+        assert all(torch.equal(q, torch.full_like(q, value)) for q in local)
+    assert 0 in engine._reply_layouts
+    wrong_shape = [p.detach().reshape(-1) if p.dim() > 1 else p.detach() for p in params]
+    with pytest.raises(AsyncTrainingError, match="malformed parameter block"):
+        engine._copy_reply(local, reply(wrong_shape), 0)
+    with pytest.raises(AsyncTrainingError, match="malformed parameter block"):  # blocks owned by another rank
+        engine._copy_reply(local, reply([p.detach() for p in params]), 1)
+    engine.finish(params)
+    engine.close()
