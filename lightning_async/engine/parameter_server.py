@@ -983,8 +983,10 @@ class ParameterServerEngine(Engine):
     def _resolve_late(self, owner: int, posted: _Posted) -> None:
         """Apply a late push's verdict to this worker's pending update and read (its parameters are copied by
         :meth:`_consume`)."""
-        if posted.verdict == "deferred":
-            self._reads[owner] = posted.base  # still held at the owner: the next gradient is summed into this one
+        if posted.verdict in ("deferred", "rejected_nonfinite", "rejected_duplicate"):
+            # as for a blocking push: the read stays held at the owner (and a deferred update stays pending: the
+            # next gradient is summed into it)
+            self._reads[owner] = posted.base
             if owner not in self._owned_pending and self._pending[owner] is not None:
                 # the pending sum is one raw gradient, the caller's (it may have been zeroed in place since): take
                 # it back from the frame that was sent, which holds an exact copy
