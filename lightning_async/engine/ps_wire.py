@@ -293,6 +293,11 @@ class Channel:
         return Message(prelude, rows, decoded, frame[payload_at:total] if n_payload else None)
 
 
+def frame_size(sizes: Sequence[int]) -> int:
+    """Bytes of a frame that carries blocks of ``sizes`` bytes and no meta (a push, or a reply with parameters)."""
+    return _frame_layout(len(sizes), 0)[2] + sum(_align(s) for s in sizes)
+
+
 def inline_size(sizes: Sequence[int]) -> int:
     """The frame size sent in one piece for blocks of ``sizes`` bytes: any push or parameter reply fits."""
     return min(PRELUDE * 8 + len(sizes) * ROW * 8 + sum(_align(s) for s in sizes) + 4096, 1 << 22)

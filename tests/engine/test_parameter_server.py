@@ -369,9 +369,10 @@ def test_deferred_updates_keep_their_gradients_when_the_caller_zeroes_them_in_pl
 def test_a_worker_the_others_barely_interleave_with_stops_overlapping(tmp_path):
     """Beside a straggler (30 ms steps, the bound loose enough never to gate the fast worker) the others apply far
     fewer than one update per step of the fast worker: overlap would make nearly all its updates one version
-    staler, so it stops, after its first steps, and its later updates are fresh."""
+    staler, so it stops, after its first steps, and its later updates are fresh. Telemetry read every few steps
+    (as a logger does) must not disturb that: its replies carry no version."""
     config = {"world": 2, "steps": [60, 12], "K": 50, "policy": "accumulate", "slow_rank": 1, "delay": 0.03,
-              "timeout": 10.0, "overlap": True}
+              "timeout": 10.0, "overlap": True, "telemetry_every": 5}
     codes, (r0, r1) = _launch(tmp_path, config)
     assert codes == [0, 0], (r0.get("traceback"), r1.get("traceback"))
     counters = r0["counters"]
