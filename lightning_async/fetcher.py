@@ -41,20 +41,16 @@ class JustInTimeFetcher(_PrefetchDataFetcher):
         return self.done
 
 
-def use_just_in_time_fetcher(trainer: Trainer) -> bool:
+def use_just_in_time_fetcher(trainer: Trainer) -> None:
     """Switch the fit loop's training fetcher to :class:`JustInTimeFetcher` (at an epoch's start, before its first
-    step; Lightning builds a new fetcher when it reloads the dataloaders). Returns whether it is in use.
+    step; Lightning builds a new fetcher when it reloads the dataloaders).
 
     Only Lightning's default fetcher is switched, and only without gradient accumulation: the step before an
     accumulation boundary must know at its start whether it is the last (Lightning then steps the optimizer on it).
     """
     fetcher = trainer.fit_loop._data_fetcher
-    if isinstance(fetcher, JustInTimeFetcher):
-        return True
-    if type(fetcher) is not _PrefetchDataFetcher or fetcher.length is not None or trainer.accumulate_grad_batches != 1:
-        return False
-    fetcher.__class__ = JustInTimeFetcher  # same state, the look-ahead moved; the batch it prefetched is kept
-    return True
+    if type(fetcher) is _PrefetchDataFetcher and fetcher.length is None and trainer.accumulate_grad_batches == 1:
+        fetcher.__class__ = JustInTimeFetcher  # same state, the look-ahead moved; the batch it prefetched is kept
 
 
 def fetch_ahead(trainer: Trainer) -> bool:

@@ -994,11 +994,16 @@ class ParameterServerEngine(Engine):
         posted.inline = not self._reply_in_two[owner]
         self._reads[owner] = None
 
-    def _sent_block(self, parts: wire.Parts, b: int) -> torch.Tensor:
-        """A copy of block ``b`` as a sent push carries it, on the block's device."""
+    def _sent_blocks(self, parts: wire.Parts) -> dict[int, torch.Tensor]:
+        """Copies of the blocks a sent push carries, each on its block's device."""
+        if len(parts) < 3:  # no rows, or no payload (only empty blocks)
+            return {}
         sent = wire.Message(prelude=parts[0], rows=parts[1], payload=parts[-1])
-        row = next(i for i, r in enumerate(sent.rows.tolist()) if r[wire.R_BLOCK] == b)
-        return wire.decode_block(sent, row, self.params[b]).to(self.params[b].device, copy=True)
+        return {
+            row[wire.R_BLOCK]: wire.decode_block(sent, i, self.params[row[wire.R_BLOCK]])
+            .to(self.params[row[wire.R_BLOCK]].device, copy=True)
+            for i, row in enumerate(sent.rows.tolist())
+        }
 
     def _resolve_late(self, owner: int, posted: _Posted) -> None:
         """Apply a late push's verdict to this worker's pending update and read (its parameters are copied by
@@ -1010,8 +1015,9 @@ class ParameterServerEngine(Engine):
             if owner not in self._owned_pending and self._pending[owner] is not None:
                 # the pending sum is one raw gradient, the caller's (it may have been zeroed in place since): take
                 # it back from the frame that was sent, which holds an exact copy
+                sent = self._sent_blocks(posted.parts)
                 self._pending[owner] = [
-                    None if g is None else self._sent_block(posted.parts, b) if g.numel() else g.detach().clone()
+                    None if g is None else sent[b] if g.numel() else g.detach().clone()
                     for b, g in zip(self.ownership[owner], self._pending[owner])
                 ]
                 self._owned_pending.add(owner)
