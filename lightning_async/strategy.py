@@ -9,6 +9,7 @@ own update rule, measures their staleness and enforces ``max_staleness``.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import secrets
 import shutil
@@ -521,8 +522,31 @@ class AsyncAdaptiveStrategy(DDPStrategy):
             if self.is_global_zero and isinstance(engine, SharedMemoryEngine):
                 engine.wait_for_workers(self.engine_timeout)
                 shutil.rmtree(engine.directory, ignore_errors=True)
+        if failure is None and not any(t.name.startswith("lasync-") for t in threading.enumerate()):
+            _destroy_process_groups_at_exit()
         self.optimizers = [o.optimizer if isinstance(o, EngineOptimizer) else o for o in self.optimizers]
         super().teardown()
+
+
+_exit_hook_registered = False
+
+
+def _destroy_process_groups_at_exit() -> None:
+    """Destroy every process group when the interpreter exits, while it is still whole (Lightning does so for NCCL
+    only). A gloo worker thread can still hold its last collective's tensors when the interpreter finalizes; freeing
+    them then takes the GIL of a dying interpreter and the process aborts ("terminate called without an active
+    exception", SIGABRT) after a run that succeeded. Not after a failure, nor while an engine thread still runs: a
+    thread blocked in a gloo receive from a dead or silent peer would make the destruction wait for it."""
+    global _exit_hook_registered
+    if _exit_hook_registered or not (dist.is_available() and dist.is_initialized()):
+        return
+    _exit_hook_registered = True
+    atexit.register(_destroy_process_groups)
+
+
+def _destroy_process_groups() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 class _TolerantObserver(_ChildProcessObserver):

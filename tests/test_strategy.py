@@ -281,6 +281,14 @@ def test_two_workers_train_use_every_sample_once_and_sync_metrics(tmp_path):
     _assert_counters(telemetry, 4)
     assert telemetry["counters"]["samples"] == 2 * N_SAMPLES
     assert telemetry["counters"]["gradients"] == r0["steps"] + r1["steps"]
+    _assert_process_groups_destroyed_at_exit(tmp_path)
+
+
+def _assert_process_groups_destroyed_at_exit(tmp_path: Path, workers: int = 2) -> None:
+    # left to interpreter finalization, a gloo thread's last tensors can abort a finished run (SIGABRT)
+    for r in range(workers):
+        state = json.loads((tmp_path / f"rank{r}.exit.json").read_text())
+        assert state == {"process_group_alive": False}, f"rank {r}"
 
 
 @pytest.mark.parametrize("policy", ["accumulate", "wait", "drop"])
@@ -309,6 +317,7 @@ def test_a_nan_gradient_is_rejected_and_counted(tmp_path):
     assert r0["telemetry"]["counters"]["rejected_nonfinite"] == 1
     assert not r0["non_finite"] and not r1["non_finite"]
     _assert_counters(r0["telemetry"], 4)
+    _assert_process_groups_destroyed_at_exit(tmp_path)
 
 
 def test_repeated_nan_gradients_stop_the_run_naming_the_worker(tmp_path):

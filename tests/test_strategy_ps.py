@@ -23,7 +23,14 @@ import pytest
 import torch
 
 from lightning_async import AsyncAdaptiveStrategy
-from tests.test_strategy import N_SAMPLES, _fit, _no_process_left, _reports, _run_script
+from tests.test_strategy import (
+    N_SAMPLES,
+    _assert_process_groups_destroyed_at_exit,
+    _fit,
+    _no_process_left,
+    _reports,
+    _run_script,
+)
 
 SCRIPT = Path(__file__).parent / "helpers" / "train_script.py"
 LAUNCH_VARS = (
@@ -150,6 +157,7 @@ def test_two_workers_on_one_node_train_use_every_sample_once_and_sync_metrics(tm
     applied = [float(row["async/applied"]) for row in _csv_rows(tmp_path / "logs") if row.get("async/applied")]
     assert len(applied) > 4 and applied == sorted(applied) and applied[-1] == c["applied"]
     assert _no_process_left(tmp_path)
+    _assert_process_groups_destroyed_at_exit(tmp_path)
 
 
 def _csv_rows(root: Path) -> list[dict]:
@@ -277,6 +285,7 @@ def test_continue_survivors_finish_the_fit_after_a_pure_worker_dies(tmp_path):
     assert "val_mse" in r0["metrics"] and r0["metrics"]["val_mse"] == pytest.approx(r1["metrics"]["val_mse"])
     assert (ckpt / "last.ckpt").exists() and r0["steps"] > 0 and r1["steps"] > 0
     assert _no_process_left(tmp_path)
+    _assert_process_groups_destroyed_at_exit(tmp_path)  # the survivors, beside a dead peer
 
 
 @pytest.mark.timeout(120)

@@ -7,6 +7,7 @@ metrics; rank 0 adds the engine's telemetry. Used by tests/test_strategy.py thro
 from __future__ import annotations
 
 import argparse
+import atexit
 import importlib
 import json
 import os
@@ -77,6 +78,12 @@ def dataset(n: int = 1024) -> TensorDataset:
     return TensorDataset(x, y, torch.arange(n))
 
 
+def _record_exit_state(out: Path, rank: list[int]) -> None:
+    if rank:  # the run got as far as its report
+        state = {"process_group_alive": torch.distributed.is_initialized()}
+        (out / f"rank{rank[0]}.exit.json").write_text(json.dumps(state))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path, required=True)
@@ -102,6 +109,10 @@ def main() -> None:
     parser.add_argument("--owner-ranks", default=None, help="comma-separated ranks that own blocks")
     args = parser.parse_args()
 
+    # registered before fit, so it runs after every exit hook the run registers: records whether the process
+    # groups were destroyed while the interpreter was still whole
+    rank: list[int] = []
+    atexit.register(_record_exit_state, args.out, rank)
     torch.manual_seed(0)
     callbacks = []
     if args.slow_rank is not None:
@@ -152,6 +163,7 @@ def main() -> None:
             "version": telemetry.version,
         }
     (args.out / f"rank{trainer.global_rank}.json").write_text(json.dumps(report))
+    rank.append(trainer.global_rank)
 
 
 if __name__ == "__main__":
