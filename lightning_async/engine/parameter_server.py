@@ -1244,16 +1244,20 @@ class ParameterServerEngine(Engine):
             return  # holding reads everywhere: keep computing on the same parameters
         start = time.perf_counter()
         # ordered acquisition: this worker waits at an owner only while it holds reads at lower owners alone. So
-        # first release the fresh reads above the first missing one (highest first: settling a pipelined push is a
-        # wait at that owner), then take the missing reads in ascending order (from an in-flight reply if it
-        # brings one, else by a read that waits at the owner's gate)
+        # first give up every read above the first missing one, highest first: those it computes on, those an
+        # update deferred there keeps (it is applied first: a wait there) and those a pipelined push's reply brings
+        # (settling it is a wait there). A read kept above while waiting lower down can be what a peer waiting at
+        # that owner needs, and that peer what this worker waits for (three workers deadlocked so under
+        # "accumulate"). Then take the missing reads in ascending order (from an in-flight reply if it brings one,
+        # else by a read that waits at the owner's gate)
         first = missing[0]
-        release = [o for o in self.owner_ranks if o > first and self._reads[o] is not None and self._pending[o] is None]
-        if release and not self._inflight:
+        release = [o for o in self.owner_ranks
+                   if o > first and (self._reads[o] is not None or o in self._inflight)]
+        if release and not self._inflight and all(self._pending[o] is None for o in release):
             self._read_many(local_params, release, wire.RELEASE)
         else:
             for o in reversed(release):
-                self._read_many(local_params, [o], wire.RELEASE)
+                self._flush_owner(local_params, o)
         for o in self.owner_ranks:
             if o >= first and self._reads[o] is None:
                 if o in self._inflight:
@@ -1352,6 +1356,15 @@ class ParameterServerEngine(Engine):
                     self._piped[o] = False
             repipe = {o for o in owners if o in self._waiters and o not in piped and self._worthwhile(o)}
             owners = [o for o in owners if o not in piped]
+            if self.bound.policy == "accumulate" and not must_apply:
+                # the last pipelined push (overlap just stopped) still waits for its admission: sum this gradient
+                # into the next push rather than wait for it here, holding reads at the other owners (a wait out of
+                # order: it deadlocked three workers)
+                for o in [o for o in owners if o in self._inflight and not self._inflight[o].done.is_set()]:
+                    self._add_pending(o, grads, samples, own=True)
+                    self._overlap_deferred[o] += 1
+                    verdicts[o] = "deferred"
+                    owners.remove(o)
         offers: dict[int, tuple[int, list[tuple[int, torch.Tensor]], int]] = {}
         checked: dict[int, bool] = {}
         for o in owners:
@@ -1475,21 +1488,23 @@ class ParameterServerEngine(Engine):
         self._pending_count[o] = 0
         self._pending_samples[o] = 0
 
+    def _flush_owner(self, local_params: Sequence[torch.Tensor], o: int) -> None:
+        """Settle the pipelined push to owner ``o``, apply the update deferred there (waiting for its admission),
+        and release every read this worker holds there."""
+        self._settle(o)
+        if self._pending[o] is not None:
+            self._push_all(local_params, None, 0, finite=True, must_apply=True, owners=[o])
+        self._read_many(local_params, [o], wire.RELEASE)
+
     def end_epoch(self, local_params: Sequence[torch.Tensor]) -> None:
         """Apply what is deferred (waiting for admission), release every read, refresh ``local_params``."""
         self._local_failed()
         start = time.perf_counter()
-        if self._inflight:
-            # owner by owner, highest first: settle the pipelined push, apply what is deferred, release every read
-            # there; each wait then happens while this worker holds reads at lower owners only (as in begin_step)
+        if self._inflight or any(self._pending[o] is not None for o in self.owner_ranks):
+            # owner by owner, highest first: each wait then happens while this worker holds reads at lower owners
+            # only (as in begin_step)
             for o in reversed(self.owner_ranks):
-                self._settle(o)
-                if self._pending[o] is not None:
-                    self._push_all(local_params, None, 0, finite=True, must_apply=True, owners=[o])
-                self._read_many(local_params, [o], wire.RELEASE)
-        deferred = [o for o in self.owner_ranks if self._pending[o] is not None]
-        if deferred:
-            self._push_all(local_params, None, 0, finite=True, must_apply=True, owners=deferred)
+                self._flush_owner(local_params, o)
         self._read_many(local_params, list(self.owner_ranks), wire.RELEASE_REFRESH)
         self._busy_seconds += time.perf_counter() - start
 

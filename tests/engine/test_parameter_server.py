@@ -397,6 +397,23 @@ def test_crashed_worker_continue_survivors_finish_three_processes(tmp_path):
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.parametrize("max_staleness", [1, 2])
+def test_accumulate_with_three_owners_does_not_deadlock(tmp_path, max_staleness):
+    # three workers that each own blocks, at uneven speeds: a worker that waited at one owner while it kept a read at
+    # a higher one (for an update deferred there, or brought by a pipelined push's reply) could be what a peer
+    # waiting there needed, while that peer held what the first waited for: a timeout after 10 s, in about one run
+    # of this test in four before acquisition was kept in order in begin_step, end_epoch and submit
+    config = {"world": 3, "steps": 60, "K": max_staleness, "policy": "accumulate", "owners": [0, 1, 2],
+              "jitter": 0.01 * max_staleness, "seed": max_staleness, "timeout": 10.0}
+    codes, results = _launch(tmp_path, config)
+    assert codes == [0, 0, 0], [r.get("message") for r in results]
+    assert [len(r["verdicts"]) for r in results] == [60, 60, 60]
+    r0 = results[0]
+    _check_invariants(r0["counters"], r0["histogram"], max_staleness=max_staleness)
+    assert r0["all_finished"] and r0["finite"]
+
+
+@pytest.mark.timeout(120)
 def test_crashed_worker_stop_names_the_rank(tmp_path):
     config = {"world": 2, "steps": [400, 30], "K": 1, "policy": "wait", "owners": [0], "crash": [1, 4],
               "on_failure": "stop", "slow_rank": 0, "delay": 0.01, "timeout": 3.0}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import sys
 import time
 import traceback
@@ -78,6 +79,7 @@ def main() -> None:
 
         engine._resolve_late = counting
         gen = torch.Generator().manual_seed(rank)
+        jitter = random.Random(cfg.get("seed", 0) * 100 + rank)
         steps = cfg["steps"][rank] if isinstance(cfg["steps"], list) else cfg["steps"]
         for step in range(steps):
             engine.begin_step(params)
@@ -87,6 +89,8 @@ def main() -> None:
                 time.sleep(cfg["hang"][2])
             if rank == cfg.get("slow_rank"):
                 time.sleep(cfg.get("delay", 0.05))
+            if cfg.get("jitter"):  # uneven random speeds (seeded): rank r sleeps up to (1 + r) * jitter per step
+                time.sleep(jitter.random() * cfg["jitter"] * (1 + rank))
             x = torch.randn(4, 3, dtype=torch.float64, generator=gen)
             m.zero_grad()
             if cfg.get("constant_grad"):
