@@ -402,7 +402,8 @@ def test_accumulate_with_three_owners_does_not_deadlock(tmp_path, max_staleness)
     # three workers that each own blocks, at uneven speeds: a worker that waited at one owner while it kept a read at
     # a higher one (for an update deferred there, or brought by a pipelined push's reply) could be what a peer
     # waiting there needed, while that peer held what the first waited for: a timeout after 10 s, in about one run
-    # of this test in four before acquisition was kept in order in begin_step, end_epoch and submit
+    # of this test in four (2 cores, a third process busy) before acquisition was kept in order in begin_step,
+    # end_epoch and submit
     config = {"world": 3, "steps": 60, "K": max_staleness, "policy": "accumulate", "owners": [0, 1, 2],
               "jitter": 0.01 * max_staleness, "seed": max_staleness, "timeout": 10.0}
     codes, results = _launch(tmp_path, config)
