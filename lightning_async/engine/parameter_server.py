@@ -51,7 +51,7 @@ flight, the worker's own included). Each overlapped update is one version staler
 between. The first step after a blocking read takes a *pair* of reads of one version (``READ_PAIR``) so that the
 pipeline can start. Overlap is adaptive per owner (:meth:`ParameterServerEngine._worthwhile`): a worker whose round
 trip (a moving average) takes less than a sixth of its step, or with whose updates the others barely interleave
-(fewer than one of theirs per two of its steps: the fast worker beside a straggler, whose updates overlap would make
+(fewer than one of theirs per two of its own: the fast worker beside a straggler, whose updates overlap would make
 stale), stops overlapping (its last pipelined push asks for no read; a slow worker then holds one read, not two, so
 the fast ones defer less). It starts again from a pair of reads granted with a push (``F_WANT_PAIR``; an owner whose
 bound admits one read only grants one, and the worker asks again). Without overlap a push still returns at once and
@@ -750,11 +750,17 @@ class ParameterServerEngine(Engine):
         self._overlap_deferred = {o: 0 for o in owners}
         # per remote owner: overlapping now? (only while the round trip is a large share of the step, see _worthwhile)
         self._piped = {o: True for o in self._waiters}
-        self._latency = {o: 0.0 for o in self._waiters}  # moving average of the round trip, seconds
-        # per remote owner: moving average of the updates the *other* workers apply there per step of this one (from
-        # the versions its replies carry), and what was seen since the last step
+        # per remote owner: moving averages of the round trip, seconds, measured without overlap (a late or blocking
+        # push's: what a step waits without it) and with it (a pipelined push's: up to its reply's arrival)
+        self._latency = {o: 0.0 for o in self._waiters}
+        self._latency_piped = {o: 0.0 for o in self._waiters}
+        # per remote owner: moving average of the updates the *other* workers apply there per update of this one
+        # (from the versions its replies carry), and what was seen of both since the average last moved. Per update,
+        # not per step: with overlap, "accumulate" sums a gradient ready before the last reply came back into the
+        # next push, which halved every worker's updates per step, and equal workers flapped in and out of overlap
         self._others: dict[int, float | None] = {o: None for o in self._waiters}
         self._others_new = {o: 0 for o in self._waiters}
+        self._own_new = {o: 0 for o in self._waiters}
         self._reply_version: dict[int, int | None] = {o: None for o in self._waiters}
         # per remote owner: whether a reply with its parameters is sent in two pieces (see _post_late)
         self._reply_in_two = {
@@ -963,6 +969,7 @@ class ParameterServerEngine(Engine):
         if previous is not None:  # the owner's version moved by this worker's applied update and the others'
             mine = 1 if push and _CODE_V.get(reply[wire.P_FLAGS]) == "applied" else 0
             self._others_new[owner] += max(0, version - previous - mine)
+            self._own_new[owner] += mine
 
     # ------------------------------------------------------------------ overlap (pipelined pushes)
     def _post_pipelined(self, owner: int, parts: wire.Parts, waiter: bool = True) -> None:
@@ -1061,15 +1068,16 @@ class ParameterServerEngine(Engine):
         # from the push to its reply's arrival, or for a late push to the next step's taking it: the time a step
         # would spend waiting without overlap, the end of the step included (measuring only what late replies leave
         # exposed made equal workers drop out of overlap for good: 0.89x DDP's throughput instead of 0.92-1.00)
-        self._note_latency(owner, posted.done_at - posted.posted_at)
+        self._note_latency(owner, posted.done_at - posted.posted_at, piped=not posted.late)
         if posted.late:
             self._resolve_late(owner, posted)
         return posted
 
-    def _note_latency(self, owner: int, seconds: float) -> None:
-        if owner in self._latency:
-            old = self._latency[owner]
-            self._latency[owner] = seconds if old == 0.0 else 0.7 * old + 0.3 * seconds
+    def _note_latency(self, owner: int, seconds: float, piped: bool = False) -> None:
+        table = self._latency_piped if piped else self._latency
+        if owner in table:
+            old = table[owner]
+            table[owner] = seconds if old == 0.0 else 0.7 * old + 0.3 * seconds
 
     def _worthwhile(self, owner: int) -> bool | None:
         """Whether overlapping the pushes to ``owner`` pays (``None``: no change, or not enough steps seen yet).
@@ -1077,15 +1085,17 @@ class ParameterServerEngine(Engine):
         Overlap saves the round trip's wait but makes each update one version staler (this worker's own previous
         update lands between its read and its apply). ``False`` once the round trip takes less than a sixth of this
         worker's step (waiting then costs little), or once the other workers apply fewer than one update for every
-        two steps of this one: its own updates then mostly follow each other undisturbed, and overlap would turn
+        two of this one: its own updates then mostly follow each other undisturbed, and overlap would turn
         most of them from fresh into stale (the fast worker beside a straggler). ``True`` again once the round trip
-        takes more than a third of the step and the others apply at least two updates every three steps (their
+        takes more than a third of the step and the others apply at least two updates for every three of its own (their
         updates already interleave with this worker's, so one more version costs relatively little).
         """
         others = self._others.get(owner)
         if self._submits < 8 or self._step_interval <= 0.0 or others is None:
             return None
-        share = self._latency[owner] / self._step_interval
+        # what waiting would cost: the round trip measured without overlap, once there is one (measuring it as it
+        # is while overlapping, up to the reply's arrival only, made equal workers flap in and out of overlap)
+        share = (self._latency[owner] or self._latency_piped[owner]) / self._step_interval
         if share < 1 / 6 or others < 1 / 2:
             return False
         return True if share > 1 / 3 and others >= 2 / 3 else None
@@ -1302,12 +1312,14 @@ class ParameterServerEngine(Engine):
             self._step_interval = interval if not self._step_interval else 0.8 * self._step_interval + 0.2 * interval
         self._last_submit = start
         self._submits += 1
-        for o, seen in self._others_new.items():  # the others' updates seen since the last step, per step
-            if self._reply_version[o] is None:
-                continue  # no reply yet to count from
+        for o, seen in self._others_new.items():  # the others' updates seen per update of this worker's
+            if self._reply_version[o] is None or not self._own_new[o]:
+                continue  # no reply yet to count from, or none of this worker's updates applied since
+            ratio = seen / self._own_new[o]
             old = self._others[o]
-            self._others[o] = float(seen) if old is None else 0.9 * old + 0.1 * seen  # over about ten steps
+            self._others[o] = ratio if old is None else 0.9 * old + 0.1 * ratio  # over about ten updates
             self._others_new[o] = 0
+            self._own_new[o] = 0
         self._local_step += 1
         self._gradients += 1
         grads = [q.grad for q in local_params]
@@ -1507,6 +1519,9 @@ class ParameterServerEngine(Engine):
                 self._flush_owner(local_params, o)
         self._read_many(local_params, list(self.owner_ranks), wire.RELEASE_REFRESH)
         self._busy_seconds += time.perf_counter() - start
+        # the time to the next epoch's first submit (validation, a new data loader) is no step: counted, it made
+        # the average step several times longer on a short epoch, and the overlap rule wrong (see _worthwhile)
+        self._last_submit = 0.0
 
     def refresh(self, local_params: Sequence[torch.Tensor]) -> None:
         """Copy the current authoritative parameters into ``local_params`` without taking a read."""
