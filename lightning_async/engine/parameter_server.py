@@ -1065,9 +1065,10 @@ class ParameterServerEngine(Engine):
         posted.read = reply[wire.P_EXTRA]
         posted.pair = posted.repipe and posted.read >= 0 and reply[wire.P_READS] == 2
         posted.checked = True
-        # from the push to its reply's arrival, or for a late push to the next step's taking it: the time a step
-        # would spend waiting without overlap, the end of the step included (measuring only what late replies leave
-        # exposed made equal workers drop out of overlap for good: 0.89x DDP's throughput instead of 0.92-1.00)
+        # a late push's, from the push to the next step's taking it: the time a step would spend waiting without
+        # overlap, the end of the step included (measuring only what late replies leave exposed made equal workers
+        # drop out of overlap for good: 0.89x DDP's throughput instead of 0.92-1.00); a pipelined push's, up to its
+        # reply's arrival (used by _worthwhile only until a late one is measured)
         self._note_latency(owner, posted.done_at - posted.posted_at, piped=not posted.late)
         if posted.late:
             self._resolve_late(owner, posted)
@@ -1129,6 +1130,12 @@ class ParameterServerEngine(Engine):
             self._reads[owner] = None
         return posted.verdict
 
+    def _defer_behind_inflight(self, owner: int, grads: list[torch.Tensor | None], samples: int) -> str:
+        """Sum this gradient into the next push to ``owner`` (the one in flight has not come back)."""
+        self._add_pending(owner, grads, samples, own=True)
+        self._overlap_deferred[owner] += 1
+        return "deferred"
+
     def _push_pipelined(self, owner: int, local_params: Sequence[torch.Tensor], grads: list[torch.Tensor | None],
                         samples: int, last: bool = False) -> str:
         """Send this (finite) gradient to remote ``owner`` and return at once (``"sent"``); the reply, with the
@@ -1143,9 +1150,7 @@ class ParameterServerEngine(Engine):
         previous = self._inflight.get(owner)
         policy = self.bound.policy
         if previous is not None and not previous.done.is_set() and policy == "accumulate":
-            self._add_pending(owner, grads, samples, own=True)
-            self._overlap_deferred[owner] += 1
-            return "deferred"
+            return self._defer_behind_inflight(owner, grads, samples)
         blocks = self._add_pending(owner, grads, samples)
         if previous is not None:
             self._consume(owner, local_params)  # the parameters (and read) for the next gradient
@@ -1373,9 +1378,7 @@ class ParameterServerEngine(Engine):
                 # into the next push rather than wait for it here, holding reads at the other owners (a wait out of
                 # order: it deadlocked three workers)
                 for o in [o for o in owners if o in self._inflight and not self._inflight[o].done.is_set()]:
-                    self._add_pending(o, grads, samples, own=True)
-                    self._overlap_deferred[o] += 1
-                    verdicts[o] = "deferred"
+                    verdicts[o] = self._defer_behind_inflight(o, grads, samples)
                     owners.remove(o)
         offers: dict[int, tuple[int, list[tuple[int, torch.Tensor]], int]] = {}
         checked: dict[int, bool] = {}
