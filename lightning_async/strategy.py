@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 from datetime import timedelta
 from functools import partial
 from typing import Any, Literal
@@ -200,6 +201,10 @@ class AsyncAdaptiveStrategy(DDPStrategy):
         self._live: LiveCollectives | None = None  # collectives among the live ranks (on_worker_failure="continue")
         #: the staleness and throughput summary of the last fit (rank 0), see :class:`Telemetry`
         self.telemetry: Telemetry | None = None
+        #: wall time this worker has spent taking its reads as its steps start (the engine's ``begin_step``, a wait
+        #: for the parameters), seconds, summed over the process's fits. :class:`~lightning_async.testing.Slowdown`
+        #: leaves it out of the gradient time it scales
+        self.read_seconds = 0.0
 
     # ------------------------------------------------------------------ registry
     @classmethod
@@ -406,7 +411,9 @@ class AsyncAdaptiveStrategy(DDPStrategy):
         super().on_train_batch_start(batch, batch_idx)
         self._batch_samples += _batch_size(batch)  # summed over accumulate_grad_batches micro-batches
         if self.engine is not None:
+            start = time.perf_counter()
             self.engine.begin_step(self._local_params)
+            self.read_seconds += time.perf_counter() - start
 
     @override
     def optimizer_step(self, optimizer: Any, closure: Any, model: Any = None, **kwargs: Any) -> Any:

@@ -30,6 +30,10 @@ def _ranks(ranks: int | Sequence[int]) -> frozenset[int]:
 _WARMUP_STEPS = 3
 
 
+def _read_seconds(trainer: Trainer) -> float:
+    return float(getattr(getattr(trainer, "strategy", None), "read_seconds", 0.0))
+
+
 class Slowdown(Callback):
     """Makes the chosen workers ``factor`` times slower at computing their gradients.
 
@@ -38,8 +42,10 @@ class Slowdown(Callback):
     ``(factor - 1)`` times that long between computing its gradient and the optimizer step, as a device ``factor``
     times slower would. What follows the gradient is not scaled: the update, its communication, and fetching the
     next batch take the same time on a slower device, and scaling them would multiply whatever an engine or a
-    strategy does there (a round trip, a wait) by ``factor - 1``. Under DDP the sleep holds back every worker at
-    the next all-reduce; under ``async_adaptive`` only the slowed worker.
+    strategy does there (a round trip, a wait) by ``factor - 1``. Nor is the strategy's wait for its parameters as
+    the step starts (``AsyncAdaptiveStrategy.read_seconds``, which the parameter-server engine spends on the reply
+    to its last push): it runs after the callbacks' batch start and is left out of the gradient time. Under DDP
+    the sleep holds back every worker at the next all-reduce; under ``async_adaptive`` only the slowed worker.
 
     Args:
         ranks: global rank(s) to slow down.
@@ -58,17 +64,20 @@ class Slowdown(Callback):
         self.natural_step_seconds: float | None = None
         self.slept = 0.0
         self._start: float | None = None
+        self._read_at_start = 0.0
         self._recent: deque[float] = deque(maxlen=32)
         self._steps = 0
 
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
         if self._start is None:  # the first batch of the optimizer step (with gradient accumulation, of its window)
             self._start = time.perf_counter()
+            self._read_at_start = _read_seconds(trainer)
 
     def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer: Any) -> None:
         if self._start is None:
             return
-        computed = time.perf_counter() - self._start
+        # the strategy's hook takes the reads after the callbacks' batch start: a wait for the network, not compute
+        computed = time.perf_counter() - self._start - (_read_seconds(trainer) - self._read_at_start)
         self._start = None
         if trainer.global_rank not in self.ranks:
             return

@@ -81,6 +81,21 @@ def test_with_gradient_accumulation_the_whole_window_is_the_gradient(clock):
     assert slowdown.natural_step_seconds == pytest.approx(0.010)
 
 
+def test_the_strategys_read_as_the_step_starts_is_not_scaled(clock):
+    """The strategy takes its reads (a wait for the parameters, a round trip with the parameter-server engine) in its
+    own batch-start hook, after the callbacks': that wait is not gradient computation."""
+    slowdown = Slowdown(ranks=1, factor=4.0)
+    trainer = SimpleNamespace(global_rank=1, strategy=SimpleNamespace(read_seconds=0.0))
+    for i in range(10):
+        slowdown.on_train_batch_start(trainer, None, None, i)
+        clock.now += 0.003  # the strategy's read
+        trainer.strategy.read_seconds += 0.003
+        clock.now += 0.010  # forward and backward
+        slowdown.on_before_optimizer_step(trainer, None, None)
+    assert slowdown.natural_step_seconds == pytest.approx(0.010)
+    assert clock.slept[-1] == pytest.approx(3 * 0.010)
+
+
 @pytest.mark.parametrize(("kwargs", "match"), [
     ({"factor": 0.5}, "factor must be >= 1"),
     ({"extra_seconds": -1.0}, "extra_seconds must be >= 0"),

@@ -246,6 +246,7 @@ class _Authority:
         self.read_queue: list[int] = []  # workers waiting for a read, first come first served
         self.last_seq: dict[int, int] = {}
         p = engine.num_workers
+        self.applied_samples = [0] * p  # per worker: the samples its applied updates carried
         self.counts = np.zeros((p, len(OWNER_COUNTERS)), dtype=np.int64)
         self.hist = np.zeros((p, engine._bins), dtype=np.int64)
         self.reported = np.zeros((p, len(_REPORTED)), dtype=np.float64)
@@ -479,6 +480,7 @@ class _Authority:
                 return self._reject(w, "rejected_stale", release=True), -1, None, 0
             staleness = self.version - base
             self._apply(grads, staleness)
+            self.applied_samples[w] += samples
             self.count(w, "received")
             self.count(w, "applied")
             if pipelined:
@@ -497,6 +499,10 @@ class _Authority:
                         self._take_read(w)
                     return "applied", self._take_read(w), self.params_out(out), 2 if pair else 1
             return "applied", -1, None, 0
+
+    def others_samples(self, w: int) -> int:
+        """The samples the updates of every worker but ``w`` applied here carried."""
+        return sum(self.applied_samples) - self.applied_samples[w]
 
     def _reject(self, w: int, reason: str, *, release: bool) -> str:
         self.count(w, "received")
@@ -762,6 +768,11 @@ class ParameterServerEngine(Engine):
         self._others_new = {o: 0 for o in self._waiters}
         self._own_new = {o: 0 for o in self._waiters}
         self._reply_version: dict[int, int | None] = {o: None for o in self._waiters}
+        # per remote owner: the samples the others' updates applied there carried (as of the last reply), and decaying
+        # sums of those seen since and of this worker's own: their ratio is how much faster the others are
+        self._reply_samples: dict[int, int | None] = {o: None for o in self._waiters}
+        self._others_samples = {o: 0.0 for o in self._waiters}
+        self._own_samples = {o: 0.0 for o in self._waiters}
         # per remote owner: whether a reply with its parameters is sent in two pieces (see _post_late)
         self._reply_in_two = {
             o: wire.frame_size([sizes[b] for b in self.ownership[o]]) > channel.inline
@@ -862,7 +873,7 @@ class ParameterServerEngine(Engine):
             version, reply, reads = auth.read(c, m[wire.P_FLAGS], out)
             reply = reply if reply is not None else wire.pack(wire.RESPONSE, self.worker, seq)
             reply[0][wire.P_VERSION], reply[0][wire.P_EXTRA] = auth.version, version
-            reply[0][wire.P_READS] = reads
+            reply[0][wire.P_READS], reply[0][wire.P_SAMPLES] = reads, auth.others_samples(c)
             return reply
         if kind == wire.PUSH:
             grads, schema_error = self._decode_push(m)
@@ -872,7 +883,7 @@ class ParameterServerEngine(Engine):
             )
             reply = reply if reply is not None else wire.pack(wire.RESPONSE, self.worker, seq)
             reply[0][wire.P_VERSION], reply[0][wire.P_EXTRA] = auth.version, version
-            reply[0][wire.P_READS] = reads
+            reply[0][wire.P_READS], reply[0][wire.P_SAMPLES] = reads, auth.others_samples(c)
             reply[0][wire.P_FLAGS] = _V_CODE[verdict]
             return reply
         if kind in (wire.BYE, wire.CLOSE):
@@ -966,6 +977,10 @@ class ParameterServerEngine(Engine):
         previous = self._reply_version.get(owner)
         if owner in self._reply_version:
             self._reply_version[owner] = version
+            seen, before = reply[wire.P_SAMPLES], self._reply_samples[owner]
+            self._reply_samples[owner] = seen
+            if before is not None:
+                self._others_samples[owner] += max(0, seen - before)
         if previous is not None:  # the owner's version moved by this worker's applied update and the others'
             mine = 1 if push and _CODE_V.get(reply[wire.P_FLAGS]) == "applied" else 0
             self._others_new[owner] += max(0, version - previous - mine)
@@ -1083,13 +1098,18 @@ class ParameterServerEngine(Engine):
     def _worthwhile(self, owner: int) -> bool | None:
         """Whether overlapping the pushes to ``owner`` pays (``None``: no change, or not enough steps seen yet).
 
-        Overlap saves the round trip's wait but makes each update one version staler (this worker's own previous
-        update lands between its read and its apply). ``False`` once the round trip takes less than a sixth of this
-        worker's step (waiting then costs little), or once the other workers apply fewer than one update for every
-        two of this one: its own updates then mostly follow each other undisturbed, and overlap would turn
-        most of them from fresh into stale (the fast worker beside a straggler). ``True`` again once the round trip
-        takes more than a third of the step and the others apply at least two updates for every three of its own (their
-        updates already interleave with this worker's, so one more version costs relatively little).
+        Overlap saves the round trip's wait but makes each update staler by one step: this worker's own previous
+        update lands between its read and its apply, and so do the others' updates of one more of its steps; and it
+        holds two reads at the owner, not one. ``False`` once the round trip takes less than a sixth of this
+        worker's step (waiting then costs little); once the other workers apply fewer than one update for every two
+        of this one (its own updates then mostly follow each other undisturbed, and overlap would turn most of them
+        from fresh into stale: the fast worker beside a straggler); or once the others process more than one and
+        three quarters samples each for every sample of this worker's (the straggler beside fast workers: one more of its long
+        steps lets many of their updates in, and its two old reads make a bounded owner defer or hold the fast
+        workers' updates). ``True`` again once the round trip takes more than a third of the step, the others apply
+        at least two updates for every three of its own (their updates already interleave with this worker's, so
+        one more version costs relatively little), and they process at most one and a quarter samples each for
+        every one of its own.
         """
         others = self._others.get(owner)
         if self._submits < 8 or self._step_interval <= 0.0 or others is None:
@@ -1097,9 +1117,11 @@ class ParameterServerEngine(Engine):
         # what waiting would cost: the round trip measured without overlap, once there is one (measuring it as it
         # is while overlapping, up to the reply's arrival only, made equal workers flap in and out of overlap)
         share = (self._latency[owner] or self._latency_piped[owner]) / self._step_interval
-        if share < 1 / 6 or others < 1 / 2:
+        # how much faster the others are, in samples (gradients a worker sums into one update count in full)
+        faster = self._others_samples[owner] / max(self._own_samples[owner], 1.0) / max(self.num_workers - 1, 1)
+        if share < 1 / 6 or others < 1 / 2 or faster > 1.75:
             return False
-        return True if share > 1 / 3 and others >= 2 / 3 else None
+        return True if share > 1 / 3 and others >= 2 / 3 and faster <= 1.25 else None
 
     def _settle(self, owner: int) -> None:
         """Before another request to ``owner``: take the in-flight push's reply off the channel (its parameters are
@@ -1325,6 +1347,10 @@ class ParameterServerEngine(Engine):
             self._others[o] = ratio if old is None else 0.9 * old + 0.1 * ratio  # over about ten updates
             self._others_new[o] = 0
             self._own_new[o] = 0
+        for o in self._own_samples:  # decaying sums over about ten steps (summed gradients count in full)
+            if self._reply_samples[o] is not None:
+                self._others_samples[o] *= 0.9
+                self._own_samples[o] = 0.9 * self._own_samples[o] + samples
         self._local_step += 1
         self._gradients += 1
         grads = [q.grad for q in local_params]
