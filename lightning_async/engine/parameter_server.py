@@ -1100,16 +1100,19 @@ class ParameterServerEngine(Engine):
 
         Overlap saves the round trip's wait but makes each update staler by one step: this worker's own previous
         update lands between its read and its apply, and so do the others' updates of one more of its steps; and it
-        holds two reads at the owner, not one. ``False`` once the round trip takes less than a sixth of this
-        worker's step (waiting then costs little); once the other workers apply fewer than one update for every two
-        of this one (its own updates then mostly follow each other undisturbed, and overlap would turn most of them
-        from fresh into stale: the fast worker beside a straggler); or once the others process more than one and
-        three quarters samples each for every sample of this worker's (the straggler beside fast workers: one more of its long
-        steps lets many of their updates in, and its two old reads make a bounded owner defer or hold the fast
-        workers' updates). ``True`` again once the round trip takes more than a third of the step, the others apply
-        at least two updates for every three of its own (their updates already interleave with this worker's, so
-        one more version costs relatively little), and they process at most one and a quarter samples each for
-        every one of its own.
+        holds two reads at the owner, not one. ``False`` once:
+
+        * the round trip takes less than a sixth of this worker's step (waiting then costs little);
+        * the other workers apply fewer than one update for every two of this one: its own updates then mostly
+          follow each other undisturbed, and overlap would turn most of them from fresh into stale (the fast worker
+          beside a straggler);
+        * the others process more than 1.75 samples each for every sample of this worker's: one more of its long
+          steps lets many of their updates in, and its two old reads make a bounded owner defer or hold the fast
+          workers' updates (the straggler beside fast workers).
+
+        ``True`` again once the round trip takes more than a third of the step, the others apply at least two
+        updates for every three of its own (their updates already interleave with this worker's, so one more
+        version costs relatively little), and they process at most 1.25 samples each for every one of its own.
         """
         others = self._others.get(owner)
         if self._submits < 8 or self._step_interval <= 0.0 or others is None:

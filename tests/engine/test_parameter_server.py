@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import psutil
 import pytest
@@ -379,6 +380,33 @@ def test_a_worker_the_others_barely_interleave_with_stops_overlapping(tmp_path):
     assert r0["overlapping"] == {"1": False} and r1["overlapping"] == {"0": False}
     assert 0 < counters["overlapped"] <= 2 * 9  # each worker's first steps only (the rule needs 8 to decide)
     assert counters["rejected"] == 0
+    # what the owners' replies report of the others' samples: the straggler sees the fast worker process several
+    # samples per sample of its own (its 30 ms steps against a few ms), the fast worker a fraction of one
+    assert r1["others_faster"]["0"] > 2.5 and r0["others_faster"]["1"] < 0.5
+
+
+def _rule(share: float, others: float, faster: float, workers: int = 2) -> bool | None:
+    """The overlap rule's decision for a worker that measured these (see ParameterServerEngine._worthwhile)."""
+    step = 0.004
+    state = SimpleNamespace(
+        _others={1: others}, _submits=20, _step_interval=step, _latency={1: share * step}, _latency_piped={1: 0.0},
+        _others_samples={1: faster * (workers - 1) * 320.0}, _own_samples={1: 320.0}, num_workers=workers,
+    )
+    return ParameterServerEngine._worthwhile(state, 1)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("share", "others", "faster", "workers", "expected"), [
+    (0.45, 1.1, 1.0, 2, True),  # equal workers, a long round trip: overlap
+    (0.10, 1.1, 1.0, 2, False),  # the round trip is a small share of the step: waiting costs little
+    (0.45, 0.45, 0.45, 2, False),  # the fast worker beside a straggler: its updates would turn stale
+    (0.35, 1.5, 2.3, 2, False),  # the straggler beside a fast worker: one more of its steps lets too much in
+    (0.35, 4.5, 2.3, 4, False),  # the same among four workers (three fast ones)
+    (0.45, 3.3, 1.1, 4, True),  # four equal workers
+    (0.45, 1.1, 1.5, 2, None),  # between the thresholds: no change (hysteresis)
+    (0.25, 1.1, 1.0, 2, None),
+])
+def test_overlap_rule_decisions(share, others, faster, workers, expected):
+    assert _rule(share, others, faster, workers) is expected
 
 
 @pytest.mark.timeout(120)

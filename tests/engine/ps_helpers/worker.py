@@ -115,6 +115,9 @@ def main() -> None:
                 engine.begin_step(params)
                 result["bad_shape_verdict"] = engine._debug_push(0, [(block, params[block].grad.reshape(-1))])
         result["overlapping"] = {str(o): on for o, on in engine._piped.items()}  # per remote owner, at the end
+        # per remote owner: the samples the others processed per sample of this worker's (from the owners' replies)
+        result["others_faster"] = {str(o): engine._others_samples[o] / max(engine._own_samples[o], 1.0)
+                                   for o in engine._own_samples}
         engine.finish(params)
         result["finished_at"] = time.monotonic() - t0
         if rank == 0:
