@@ -52,8 +52,10 @@ between. The first step after a blocking read takes a *pair* of reads of one ver
 pipeline can start. Overlap is adaptive per owner (:meth:`ParameterServerEngine._worthwhile`): a worker whose round
 trip (a moving average) takes less than a sixth of its step, or with whose updates the others barely interleave
 (fewer than one of theirs per two of its own: the fast worker beside a straggler, whose updates overlap would make
-stale), stops overlapping (its last pipelined push asks for no read; a slow worker then holds one read, not two, so
-the fast ones defer less). It starts again from a pair of reads granted with a push (``F_WANT_PAIR``; an owner whose
+stale), or whose peers process more than 1.75 samples each per sample of its own (the straggler: one more of its
+long steps lets many of their updates in, and its two old reads make the owner defer theirs), stops overlapping
+(its last pipelined push asks for no read; a slow worker then holds one read, not two, so the fast ones defer
+less). It starts again from a pair of reads granted with a push (``F_WANT_PAIR``; an owner whose
 bound admits one read only grants one, and the worker asks again). Without overlap a push still returns at once and
 its reply is taken at the next :meth:`begin_step` (*late replies*): the round trip overlaps the end of the step,
 and the next gradient includes the update. Under ``"accumulate"`` a pipelined push is applied by the owner as soon
