@@ -55,7 +55,13 @@ from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 from torch.utils.data import DataLoader, IterableDataset
 
 from lightning_async.engine.base import Telemetry
-from lightning_async.engine.bound import validate_bound_policy, validate_max_staleness
+from lightning_async.engine.bound import (
+    AUTO,
+    idle_warning,
+    resolve_max_staleness,
+    validate_bound_policy,
+    validate_max_staleness,
+)
 from lightning_async.engine.shared_memory import SharedMemoryEngine
 from lightning_async.engine.shm import remove_stale_runs, run_directory
 from lightning_async.engine_optimizer import EngineOptimizer, ordered_params
@@ -81,7 +87,8 @@ class AsyncTraining:
             several processes).
         model: the model to train, on the CPU, not wrapped by ``accelerator.prepare``.
         max_staleness: the bound K on staleness (updates applied by other workers between a worker's read and
-            its update), or ``None`` for no bound. With K >= processes - 1 no worker waits in the steady state.
+            its update), ``"auto"`` (default) for ``2 * (processes - 1)``, or ``None`` for no bound. At most K + 1
+            workers compute at once, so with K < processes - 1 some always wait (a warning says so).
         bound_policy: what a worker does when applying its update now would break the bound: ``"accumulate"``
             (keep computing on the same parameters and sum gradients until it may apply; no work lost),
             ``"wait"`` (idle until it may apply) or ``"drop"`` (apply whenever; too-stale updates are discarded
@@ -99,7 +106,7 @@ class AsyncTraining:
         accelerator: Accelerator,
         model: torch.nn.Module,
         *,
-        max_staleness: int | None = 4,
+        max_staleness: int | Literal["auto"] | None = AUTO,
         bound_policy: Literal["accumulate", "wait", "drop"] = "accumulate",
         timeout: float = 300.0,
         max_consecutive_nonfinite: int = 5,
@@ -107,7 +114,7 @@ class AsyncTraining:
     ) -> None:
         _validate_accelerator(accelerator)
         _validate_model(model)
-        validate_max_staleness(max_staleness)
+        validate_max_staleness(max_staleness, allow_auto=True)
         validate_bound_policy(bound_policy)
         if (
             isinstance(timeout, bool)
@@ -128,8 +135,11 @@ class AsyncTraining:
             raise ValueError(f"seed must be an integer, got {seed!r}.")
         self.accelerator = accelerator
         self.model = model
-        self.max_staleness = max_staleness
+        self.max_staleness = resolve_max_staleness(max_staleness, self.num_workers)
         self.bound_policy = bound_policy
+        warning = idle_warning(self.max_staleness, self.num_workers, bound_policy)
+        if warning is not None and self.rank == 0:
+            warnings.warn(f"lightning_async: {warning}", UserWarning, stacklevel=2)
         self.timeout = float(timeout)
         self.max_consecutive_nonfinite = max_consecutive_nonfinite
         self.seed = seed

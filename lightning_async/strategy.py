@@ -41,7 +41,14 @@ from torch.utils.data import DataLoader, IterableDataset
 from typing_extensions import override
 
 from lightning_async.engine.base import Engine, Telemetry
-from lightning_async.engine.bound import BOUND_POLICIES, validate_bound_policy, validate_max_staleness
+from lightning_async.engine.bound import (
+    AUTO,
+    BOUND_POLICIES,
+    idle_warning,
+    resolve_max_staleness,
+    validate_bound_policy,
+    validate_max_staleness,
+)
 from lightning_async.engine.parameter_server import ParameterServerEngine
 from lightning_async.engine.shared_memory import SharedMemoryEngine
 from lightning_async.engine.shm import remove_stale_runs, run_directory
@@ -66,8 +73,9 @@ class AsyncAdaptiveStrategy(DDPStrategy):
     never exceeds ``max_staleness``.
 
     Args:
-        max_staleness: the bound K on staleness, or ``None`` for no bound. With K >= workers - 1 no worker waits
-            in the steady state.
+        max_staleness: the bound K on staleness, ``"auto"`` (default) for ``2 * (workers - 1)`` (``2 * workers``
+            when the parameter-server engine may overlap pushes), or ``None`` for no bound. At most K + 1 workers compute at once, so with K < workers - 1 some always wait (a warning
+            says so); ``"auto"`` leaves room for per-step jitter, see docs/concepts.md.
         bound_policy: what a worker does when applying its update now would break the bound:
             ``"accumulate"`` (default: keep computing on the same parameters and sum gradients until it may
             apply; no work is lost and no worker idles), ``"wait"`` (idle until it may apply), or ``"drop"``
@@ -109,7 +117,7 @@ class AsyncAdaptiveStrategy(DDPStrategy):
 
     def __init__(
         self,
-        max_staleness: int | None = 4,
+        max_staleness: int | Literal["auto"] | None = AUTO,
         bound_policy: Literal["accumulate", "wait", "drop"] = "accumulate",
         engine: Literal["shared_memory", "parameter_server"] = "shared_memory",
         timeout: float = 300.0,
@@ -128,7 +136,7 @@ class AsyncAdaptiveStrategy(DDPStrategy):
         checkpoint_io: CheckpointIO | None = None,
         precision_plugin: Precision | None = None,
     ) -> None:
-        validate_max_staleness(max_staleness)
+        validate_max_staleness(max_staleness, allow_auto=True)
         validate_bound_policy(bound_policy)
         if engine not in ENGINES:
             raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}.")
@@ -147,7 +155,7 @@ class AsyncAdaptiveStrategy(DDPStrategy):
             raise ValueError("overlap=True does not combine with bound_policy='wait' (a waiting worker holding the "
                              "read for its next gradient can wait for a peer waiting for it). Use "
                              "bound_policy='accumulate', or overlap=False.")
-        if overlap and max_staleness is not None and max_staleness < 1:
+        if overlap and isinstance(max_staleness, int) and max_staleness < 1:
             raise ValueError(f"overlap=True needs max_staleness >= 1, got {max_staleness}: each overlapped update is "
                              "at least one version stale. Raise max_staleness, or set overlap=False.")
         if on_worker_failure not in ("stop", "continue"):
@@ -182,6 +190,8 @@ class AsyncAdaptiveStrategy(DDPStrategy):
             start_method=start_method,
         )
         self.max_staleness = max_staleness
+        #: the bound the engine enforces: ``max_staleness``, or the worker count's default for ``"auto"`` (at setup)
+        self.resolved_max_staleness: int | None = None if max_staleness == AUTO else max_staleness  # type: ignore
         self.bound_policy = bound_policy
         self.engine_name = engine
         self.engine_timeout = float(timeout)
@@ -205,6 +215,8 @@ class AsyncAdaptiveStrategy(DDPStrategy):
         #: for the parameters), seconds, summed over the process's fits. :class:`~lightning_async.testing.Slowdown`
         #: leaves it out of the gradient time it scales
         self.read_seconds = 0.0
+        #: wall time this worker took to create its engine (shared memory, or the parameter server's groups), seconds
+        self.engine_setup_seconds = 0.0
 
     # ------------------------------------------------------------------ registry
     @classmethod
@@ -290,7 +302,14 @@ class AsyncAdaptiveStrategy(DDPStrategy):
                 "computed earlier. Use a first-order optimizer (e.g. lightning_async.optim.AsyncAdam)."
             )
         self._local_params = ordered_params(optimizer)
+        may_overlap = self.engine_name == "parameter_server" and self.overlap is not False and self.bound_policy != "wait"
+        self.resolved_max_staleness = resolve_max_staleness(self.max_staleness, self.world_size, overlap=may_overlap)
+        warning = idle_warning(self.resolved_max_staleness, self.world_size, self.bound_policy, overlap=may_overlap)
+        if warning is not None:
+            rank_zero_warn(f"lightning_async: {warning}")
+        start = time.perf_counter()
         self.engine = self._create_engine(optimizer)
+        self.engine_setup_seconds = time.perf_counter() - start
         self.optimizers = [EngineOptimizer(optimizer, self.engine, self._local_params, self._take_samples)]
         for config in self.lr_scheduler_configs:
             if config.interval == "step" and config.monitor is None:
@@ -314,7 +333,7 @@ class AsyncAdaptiveStrategy(DDPStrategy):
             num_workers=self.world_size,
             params=self._local_params,
             optimizer=optimizer,
-            max_staleness=self.max_staleness,
+            max_staleness=self.resolved_max_staleness,
             bound_policy=self.bound_policy,
             timeout=self.engine_timeout,
             max_consecutive_nonfinite=self.max_consecutive_nonfinite,
@@ -590,12 +609,14 @@ class _EngineLifecycle(Callback):
         if self.engine is not None:
             self.engine.start()
             self.engine.refresh(self.strategy._local_params)
-            # take the first reads now and start the first steps together: a worker's first forward pass does
-            # one-time work (lazy imports, initialisation) that can hold its interpreter for a fifth of a second,
-            # and a peer's first read from the owner in that process would wait as long
-            self.engine.begin_step(self.strategy._local_params)
+            # start the workers together, then take the first reads: a worker's first forward pass does one-time
+            # work (lazy imports, initialisation) that can hold its interpreter for a fifth of a second, and a peer's
+            # first read from the owner in that process would wait as long. The barrier comes first: with more
+            # workers than max_staleness + 1 the bound lets only some of them read before the others apply, and a
+            # worker holding a read must never wait in a collective for one that waits for the bound
             if trainer.world_size > 1:
-                self.strategy.barrier("lightning_async.first_reads")
+                self.strategy.barrier("lightning_async.start")
+            self.engine.begin_step(self.strategy._local_params)
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.engine is not None and self.strategy._uses_shared_cursor(trainer):

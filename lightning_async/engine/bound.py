@@ -16,21 +16,73 @@ policy that only admits reads and applies which keep feasibility can neither bre
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Literal
+from typing import Final, Literal
 
 BoundPolicy = Literal["accumulate", "wait", "drop"]
 BOUND_POLICIES: tuple[str, ...] = ("accumulate", "wait", "drop")
 
 
-def validate_max_staleness(max_staleness: int | None) -> int | None:
+#: the value of ``max_staleness`` that picks the bound from the worker count (see :func:`auto_max_staleness`)
+AUTO: Final = "auto"
+
+
+def validate_max_staleness(max_staleness: int | str | None, allow_auto: bool = False) -> int | str | None:
     """Return ``max_staleness`` or raise a ``ValueError`` that names it."""
-    if max_staleness is None:
-        return None
+    if max_staleness is None or (allow_auto and max_staleness == AUTO):
+        return max_staleness
     if isinstance(max_staleness, bool) or not isinstance(max_staleness, int) or max_staleness < 0:
-        raise ValueError(
-            f"max_staleness must be a non-negative integer or None (unbounded), got {max_staleness!r}."
-        )
+        allowed = "a non-negative integer, 'auto' (from the worker count)" if allow_auto else "a non-negative integer"
+        raise ValueError(f"max_staleness must be {allowed} or None (unbounded), got {max_staleness!r}.")
     return max_staleness
+
+
+def auto_max_staleness(num_workers: int, overlap: bool = False) -> int:
+    """The default bound for ``num_workers`` workers: twice the steady-state staleness.
+
+    .. math:: K = 2 (N - 1) \\quad\\text{or, with overlapped pushes,}\\quad K = 2 N
+
+    With N equally fast workers an update's staleness is about N - 1 (each other worker applies once while it is
+    computed), so K >= N - 1 is needed for no worker to wait; per-step jitter then still pushes some updates over
+    N - 1, and ``"accumulate"`` turns those into summed gradients (fewer, larger updates; about half of them at
+    K = N - 1). Twice the steady-state staleness absorbs the jitter: in the simulator study
+    (``benchmarks/bound_default.py``) no worker idles and at least 95% of gradients are applied on their own at
+    N = 2 to 16, while K = N - 1 sums half of them and a fixed K = 4 idles 37% of the time at N = 8. With
+    ``overlap`` (the parameter-server engine's pipelined pushes) a worker's own previous update lands between its
+    read and its next update, so the steady-state staleness is N and the bound 2 N (measured with 4 processes:
+    K = 6 deferred 40% of the pushes, K = 8 10%).
+    """
+    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 1:
+        raise ValueError(f"num_workers must be an integer >= 1, got {num_workers!r}.")
+    if num_workers == 1:
+        return 0
+    return 2 * num_workers if overlap else 2 * (num_workers - 1)
+
+
+def resolve_max_staleness(max_staleness: int | str | None, num_workers: int, overlap: bool = False) -> int | None:
+    """The bound to enforce: ``max_staleness`` itself, or :func:`auto_max_staleness` for ``"auto"``."""
+    validate_max_staleness(max_staleness, allow_auto=True)
+    if max_staleness == AUTO:
+        return auto_max_staleness(num_workers, overlap)
+    return max_staleness  # type: ignore[return-value]
+
+
+def idle_warning(max_staleness: int | None, num_workers: int, bound_policy: str, overlap: bool = False) -> str | None:
+    """A message when the bound must keep some of ``num_workers`` equally fast workers idle, else ``None``.
+
+    At most ``K + 1`` reads can be in flight at once (a read is never newer than the version, so the i-th oldest is
+    at least i versions stale when it is applied), so with ``N > K + 1`` the others wait their turn at
+    every step (``"drop"`` gates nothing and never idles a worker).
+    """
+    if max_staleness is None or bound_policy == "drop" or num_workers <= max_staleness + 1:
+        return None
+    idle = num_workers - (max_staleness + 1)
+    return (
+        f"max_staleness={max_staleness} with {num_workers} workers: at most {max_staleness + 1} workers can compute "
+        f"at once (each holds a read the bound must honour), so about {idle} of {num_workers} wait for the bound at every step "
+        f"(up to {100 * idle / num_workers:.0f}% of the run's compute). Use max_staleness='auto' "
+        f"({auto_max_staleness(num_workers, overlap)} here) or at least {num_workers - 1}, unless you want fresher updates "
+        "at the cost of throughput."
+    )
 
 
 def validate_bound_policy(bound_policy: str) -> str:

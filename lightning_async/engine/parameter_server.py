@@ -151,6 +151,36 @@ def assign_blocks(sizes: Sequence[int], owners: Sequence[int]) -> dict[int, list
     return {o: sorted(b) for o, b in owned.items()}
 
 
+def pair_groups(
+    rank: int, world_size: int, owners: Sequence[int], store: Any, namespace: str
+) -> dict[tuple[int, int], Any]:
+    """This rank's 2-rank gloo groups, one per (client, owner) direction it takes part in.
+
+    Each group is made by its two ranks alone (a ``ProcessGroupGloo`` over its own prefix of ``store``), so a rank
+    makes at most ``2 (N - 1)`` groups with one connection each, and no rank takes part in the others' set-up
+    (``dist.new_group`` needs every rank to enter every group's creation: ``N (N - 1)`` calls on each rank). A
+    group's creation waits for its peer, so every rank makes its groups in one global order, the pairs
+    ``(min, max)`` in lexicographic order: the first unmade pair always has both its ranks at it, so the set-up
+    cannot deadlock. A group per pair keeps a peer's failure to that pair (gloo tears a group down on error).
+
+    Returns:
+        ``{(client, owner): group}``; the group rank of each side is its order in the pair (lower rank first).
+    """
+    timeout = datetime.timedelta(seconds=_IDLE_TIMEOUT)  # every wait on a channel passes its own bound
+    groups: dict[tuple[int, int], Any] = {}
+    owner_set = set(owners)
+    for peer in range(world_size):
+        if peer == rank:
+            continue
+        low, high = min(rank, peer), max(rank, peer)
+        for client, owner in ((low, high), (high, low)):
+            if owner not in owner_set:
+                continue
+            prefix = dist.PrefixStore(f"{namespace.rstrip('/')}/pair/{client}-{owner}/", store)
+            groups[(client, owner)] = dist.ProcessGroupGloo(prefix, int(rank == high), 2, timeout)
+    return groups
+
+
 @dataclass(eq=False)
 class _Posted:
     """A pipelined push on its way to a remote owner, and (once ``done``) the owner's reply."""
@@ -732,20 +762,18 @@ class ParameterServerEngine(Engine):
         self._cursor_epochs: set[int] = set()
         if self._store is not None:
             self._check_schema()
-        # ---- channels: one 2-rank group per (client, owner) pair, created in the same order everywhere
+        # ---- channels: one 2-rank gloo group per (client, owner) direction, made by its two ranks only
         self._client: dict[int, wire.Channel] = {}  # owner -> channel (this rank as client)
         self._server: dict[int, wire.Channel] = {}  # client -> channel (this rank as owner)
         if distributed:
-            group_timeout = datetime.timedelta(seconds=_IDLE_TIMEOUT)  # every wait passes its own bound
-            for c in range(num_workers):
-                for o in owners:
-                    if c == o:
-                        continue
-                    group = dist.new_group([c, o], backend="gloo", timeout=group_timeout)
-                    if worker == c:
-                        self._client[o] = wire.Channel(group, o, self._max_payload, inline, pinned=cuda)
-                    elif worker == o:
-                        self._server[c] = wire.Channel(group, c, self._max_payload, inline, pinned=cuda)
+            assert store is not None
+            for (c, o), group in pair_groups(worker, num_workers, owners, store, namespace).items():
+                if worker == c:
+                    self._client[o] = wire.Channel(group, o, self._max_payload, inline, pinned=cuda,
+                                                   peer_in_group=int(o > c))
+                else:
+                    self._server[c] = wire.Channel(group, c, self._max_payload, inline, pinned=cuda,
+                                                   peer_in_group=int(c > o))
         self.authority = _Authority(self, self.ownership[worker]) if worker in owners else None
         # ---- overlap: a thread per remote owner waits for the replies to pipelined pushes (gloo's works cannot
         # be polled: is_completed() stays False until wait() is called)

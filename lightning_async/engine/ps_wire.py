@@ -195,7 +195,10 @@ class Channel:
     (gloo tears a pair down after a timeout), and raises :class:`ChannelError`.
     """
 
-    def __init__(self, group: Any, peer: int, max_payload: int, inline: int = 1 << 16, pinned: bool = False) -> None:
+    def __init__(
+        self, group: Any, peer: int, max_payload: int, inline: int = 1 << 16, pinned: bool = False,
+        peer_in_group: int | None = None,
+    ) -> None:
         self.group = group
         self.peer = peer
         self.max_payload = max_payload
@@ -203,7 +206,7 @@ class Channel:
         self.pinned = pinned  # receive into page-locked memory (the blocks go on to a GPU)
         # the process group's own send/recv, with the peer's rank in the group: dist.isend/irecv would check and
         # translate the same arguments again on every message
-        self._peer_in_group = dist.get_group_rank(group, peer)
+        self._peer_in_group = dist.get_group_rank(group, peer) if peer_in_group is None else peer_in_group
         self.broken: str | None = None
         self._buffer: torch.Tensor | None = None
 

@@ -78,6 +78,10 @@ def dataset(n: int = 1024) -> TensorDataset:
     return TensorDataset(x, y, torch.arange(n))
 
 
+def _bound(text: str) -> int | str | None:
+    return None if text == "none" else text if text == "auto" else int(text)
+
+
 def _record_exit_state(out: Path, rank: list[int]) -> None:
     if rank:  # the run got as far as its report
         state = {"process_group_alive": torch.distributed.is_initialized()}
@@ -89,7 +93,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--devices", type=int, default=2)
     parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--max-staleness", type=int, default=4)
+    parser.add_argument("--max-staleness", type=_bound, default=4, help="an integer, 'auto' or 'none'")
     parser.add_argument("--bound-policy", default="accumulate")
     parser.add_argument("--timeout", type=float, default=60.0)
     parser.add_argument("--max-consecutive-nonfinite", type=int, default=5)
