@@ -586,3 +586,56 @@ def test_reply_layouts_are_checked_once_and_a_changed_layout_is_checked_again():
         engine._copy_reply(local, reply([p.detach() for p in params]), 1)
     engine.finish(params)
     engine.close()
+
+
+@pytest.mark.parametrize(("workers", "owners"), [(4, None), (8, None), (16, None), (8, [0, 1])])
+def test_pair_groups_are_made_by_their_two_ranks_in_one_global_order(monkeypatch, workers, owners):
+    """Each rank makes only the groups it is in (at most 2 (N - 1), linear in N), in the order of the pairs, so a
+    group's two ranks always meet at it: the set-up of every rank, replayed in one thread, never waits on a group
+    whose peer has not reached it yet."""
+    from lightning_async.engine import parameter_server as ps
+
+    made: dict[int, list[tuple[str, int]]] = {}
+
+    class FakeStore:
+        def __init__(self, prefix: str, store: object) -> None:
+            self.prefix = prefix
+
+    class FakeGroup:
+        def __init__(self, store: FakeStore, rank: int, size: int, timeout: object) -> None:
+            assert size == 2
+            made.setdefault(current[0], []).append((store.prefix, rank))
+
+    monkeypatch.setattr(ps.dist, "PrefixStore", FakeStore)
+    monkeypatch.setattr(ps.dist, "ProcessGroupGloo", FakeGroup)
+    owner_ranks = list(range(workers)) if owners is None else owners
+    current = [0]
+    groups = {}
+    for rank in range(workers):
+        current[0] = rank
+        groups[rank] = ps.pair_groups(rank, workers, owner_ranks, object(), "ns")
+    for rank in range(workers):
+        expected = {(c, o) for c in range(workers) for o in owner_ranks if c != o and rank in (c, o)}
+        assert set(groups[rank]) == expected
+        assert len(made[rank]) == len(expected) <= 2 * (workers - 1)
+    # the two sides of a group: same store prefix, group ranks 0 (lower rank) and 1
+    sides: dict[str, list[int]] = {}
+    for rank, entries in made.items():
+        for prefix, group_rank in entries:
+            sides.setdefault(prefix, []).append(group_rank)
+    assert all(sorted(v) == [0, 1] for v in sides.values()), sides
+    # replay the blocking creations: a rank may only pass a group once its peer has reached the same group
+    cursor = {r: 0 for r in made}
+    progress = True
+    while progress:
+        progress = False
+        for rank, entries in made.items():
+            if cursor[rank] == len(entries):
+                continue
+            prefix = entries[cursor[rank]][0]
+            peer = next(r for r, es in made.items() if r != rank and any(p == prefix for p, _ in es))
+            if cursor[peer] < len(made[peer]) and made[peer][cursor[peer]][0] == prefix:
+                cursor[rank] += 1
+                cursor[peer] += 1
+                progress = True
+    assert all(cursor[r] == len(made[r]) for r in made), "a rank would wait forever for a peer"
