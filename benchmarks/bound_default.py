@@ -2,7 +2,7 @@
 
 For each N and each candidate K, N virtual workers of equal mean speed with per-step noise (``const:1+lognormal:S``,
 and optionally one worker F times slower) train the simulator's non-convex ``mlp`` problem with Adam for a fixed
-virtual time, under ``bound_policy="accumulate"``. Printed per (N, K), as medians over seeds:
+virtual time, under ``bound_policy="accumulate"`` (held-back gradients averaged, as both real engines do). Printed per (N, K), as medians over seeds:
 
 * ``idle``: the fraction of worker time spent waiting for the bound (``wait_time / (N * virtual_time)``);
 * ``grads/t``: gradients computed per unit of virtual time, relative to the unbounded run of the same N (1.0 = no
@@ -37,13 +37,15 @@ def candidates(n: int) -> list[int | None]:
     return [*sorted(k for k in ks if k >= 1), None]
 
 
-def run_one(n: int, k: int | None, seed: int, time_budget: float, speeds: str, lr: float) -> dict[str, float]:
+def run_one(
+    n: int, k: int | None, seed: int, time_budget: float, speeds: str, lr: float, reduction: str
+) -> dict[str, float]:
     problem = get_problem("mlp", seed=0, dtype=torch.float32, batch_size=16)
     torch.manual_seed(0)
     optimizer = torch.optim.Adam(problem.model.parameters(), lr=lr)
     engine = SimulatedEngine(
         problem.model, optimizer, problem.loss_fn, problem.sample, workers=n, speeds=speeds,
-        max_staleness=k, bound_policy="accumulate", seed=seed, keep_records=False,
+        max_staleness=k, bound_policy="accumulate", accumulate_reduction=reduction, seed=seed, keep_records=False,
     )
     tail: list[float] = []  # the objective over the last tenth of the run, once per unit of virtual time
     next_eval = 0.9 * time_budget
@@ -72,6 +74,8 @@ def main() -> None:
     parser.add_argument("--noise", type=float, default=0.3, help="sigma of the lognormal per-step noise")
     parser.add_argument("--slow", type=float, default=None, help="make worker 0 this many times slower")
     parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--reduction", default="mean", choices=["mean", "sum"],
+                        help="how 'accumulate' combines the gradients it holds back (the real engines: mean)")
     parser.add_argument("--json", type=Path, default=None, help="write every row here")
     args = parser.parse_args()
     rows: list[dict[str, Any]] = []
@@ -80,11 +84,11 @@ def main() -> None:
         speeds = f"{base}+lognormal:{args.noise}" if args.noise > 0 else base
         per_k: dict[int | None, dict[str, float]] = {}
         for k in candidates(n):
-            runs = [run_one(n, k, seed, args.time, speeds, args.lr) for seed in range(args.seeds)]
+            runs = [run_one(n, k, seed, args.time, speeds, args.lr, args.reduction) for seed in range(args.seeds)]
             per_k[k] = {key: statistics.median(r[key] for r in runs) for key in runs[0]}
         free = per_k[None]["grads_per_t"]
         best = min(r["loss"] for r in per_k.values())
-        print(f"\nN = {n}, speeds {speeds}, {args.seeds} seeds, virtual time {args.time}")
+        print(f"\nN = {n}, speeds {speeds}, {args.seeds} seeds, virtual time {args.time}, {args.reduction}")
         print(f"{'K':>10} {'idle':>6} {'grads/t':>8} {'upd/grad':>9} {'stale':>6} {'F':>6}")
         for k, r in per_k.items():
             label = "none" if k is None else str(k)

@@ -31,7 +31,8 @@ deferred update (``"accumulate"``) cannot be released; with three or more worker
 after ``timeout`` (bounded, never silent).
 
 **Wire, channels and overlap.** No any-source receive: each (client, owner) pair has its own 2-rank gloo group
-(created once, in the same order on every rank), used in one direction, and the owner runs one server thread per
+(made by its two ranks alone, so a rank's set-up and connections grow linearly with the ranks: see
+:func:`pair_groups`), used in one direction, and the owner runs one server thread per
 remote client that receives that client's requests in order. Messages are raw tensors behind an int64 header
 (:mod:`lightning_async.engine.ps_wire`), nothing is pickled, and a message is one send. A step costs one round trip
 per owner: the push of a gradient returns the owner's fresh parameters with a new read already registered (push-pull),
