@@ -43,10 +43,10 @@ def auto_max_staleness(num_workers: int, overlap: bool = False) -> int:
 
     With N equally fast workers an update's staleness is about N - 1 (each other worker applies once while it is
     computed), so K >= N - 1 is needed for no worker to wait; per-step jitter then still pushes some updates over
-    N - 1, and ``"accumulate"`` turns those into summed gradients (fewer, larger updates; about half of them at
-    K = N - 1). Twice the steady-state staleness absorbs the jitter: in the simulator study
-    (``benchmarks/bound_default.py``) no worker idles and at least 95% of gradients are applied on their own at
-    N = 2 to 16, while K = N - 1 sums half of them and a fixed K = 4 idles 37% of the time at N = 8. With
+    N - 1, and ``"accumulate"`` folds those into the worker's next update (fewer, larger updates; more than half of
+    the gradients at K = N - 1). Twice the steady-state staleness absorbs the jitter: in the simulator study
+    (``benchmarks/bound_default.py``) no worker idles and at least 92% of gradients are applied on their own at
+    N = 2 to 16, while K = N - 1 folds 55-88% of them and a fixed K = 4 idles 37% of the time at N = 8. With
     ``overlap`` (the parameter-server engine's pipelined pushes) a worker's own previous update lands between its
     read and its next update, so the steady-state staleness is N and the bound 2 N (measured with 4 processes:
     K = 6 deferred 40% of the pushes, K = 8 10%).
