@@ -14,6 +14,25 @@ from lightning_async.strategy import AsyncAdaptiveStrategy
 
 __version__ = "0.1.0"
 
+# Subpackages load on first attribute access (``lightning_async.optim.AsyncAdagrad``, as with ``torch.optim``),
+# so that ``import lightning_async`` stays as light as the strategy registration needs.
+_LAZY_SUBMODULES = frozenset({"optim", "data", "models", "engine", "sim", "accelerate", "cli", "testing"})
+
+
+def __getattr__(name: str):
+    if name in _LAZY_SUBMODULES:
+        import importlib
+
+        module = importlib.import_module(f"{__name__}.{name}")
+        globals()[name] = module
+        return module
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | _LAZY_SUBMODULES)
+
+
 AsyncAdaptiveStrategy.register_strategies(StrategyRegistry)
 
 __all__ = [

@@ -42,6 +42,9 @@ class SharedCursorBatchSampler(Sampler[list[int]]):
         self.seed = seed
         self.cursor = cursor
         self.epoch = 0
+        self.workers = 1  # set by the strategy: the first estimate of this worker's share is 1 / workers
+        self._won = 0  # batches this worker took so far this epoch
+        self._claimed = 0  # batches all workers had taken when this worker took its last one
         # Lightning sets the epoch on `batch_sampler.sampler`, not on the batch sampler itself
         self.sampler = _EpochSetter(self)
 
@@ -62,11 +65,27 @@ class SharedCursorBatchSampler(Sampler[list[int]]):
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
         return torch.randperm(self.num_samples, generator=generator)
 
+    def estimated_length(self) -> int:
+        """This worker's batches in the epoch, estimated from its share so far (for the progress bar).
+
+        With ``n`` of the first ``c`` batches taken, the rest of the epoch's ``B`` batches is split in the same
+        proportion: ``n + (B - c) n / c``; before the first batch, ``B / workers``. Exact once the epoch ends.
+        """
+        total = self.num_batches()
+        if self._claimed == 0:
+            return max(1, -(-total // max(1, self.workers)))
+        share = self._won / self._claimed
+        return max(self._won, round(self._won + (total - self._claimed) * share))
+
     def __iter__(self) -> Iterator[list[int]]:
         order = self._order()
         num_batches = self.num_batches()
+        self._won = self._claimed = 0
         while (index := self.cursor.next_batch(self.epoch, num_batches)) is not None:
+            self._won += 1
+            self._claimed = index + 1
             yield order[index * self.batch_size : (index + 1) * self.batch_size].tolist()
+        self._claimed = num_batches  # the epoch is over: the estimate is now this worker's count
 
 
 class _EpochSetter:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import os
 import secrets
 import shutil
 import subprocess
@@ -27,7 +28,7 @@ import torchmetrics
 from lightning.fabric.plugins import CheckpointIO, ClusterEnvironment
 from lightning.fabric.strategies.launchers.subprocess_script import _ChildProcessObserver
 from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.accelerators import Accelerator
+from lightning.pytorch.accelerators import Accelerator, CPUAccelerator
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.overrides.distributed import _sync_module_states
 from lightning.pytorch.plugins.precision import Precision
@@ -40,6 +41,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader, IterableDataset
 from typing_extensions import override
 
+from lightning_async._progress import show_estimated_length
 from lightning_async.engine.base import Engine, Telemetry
 from lightning_async.engine.bound import (
     AUTO,
@@ -257,6 +259,20 @@ class AsyncAdaptiveStrategy(DDPStrategy):
             trainer.fit_loop.epoch_loop._broadcast_sigterm_tensor = partial(_raise_on_local_sigterm, trainer)
 
     def _validate_trainer(self, trainer: Trainer) -> None:
+        module = trainer.lightning_module
+        if module is not None and not any(p.requires_grad for p in module.parameters()):
+            raise ValueError(
+                f"{type(module).__name__} has no parameter that requires a gradient, so asynchronous training has "
+                "nothing to update (DistributedDataParallel refuses such a module too). Unfreeze some parameters, or "
+                "use Trainer(strategy='auto', devices=1) to only run inference."
+            )
+        cores = os.cpu_count() or 1
+        if isinstance(self.accelerator, CPUAccelerator) and self.num_processes > cores:
+            rank_zero_warn(
+                f"lightning_async: devices={self.num_processes} starts {self.num_processes} worker processes on "
+                f"{cores} CPU cores: they take turns on the cores, so each runs slower and updates grow staler. "
+                f"Training is still correct; for speed use devices <= {cores}."
+            )
         precision = str(trainer.precision)
         if precision not in SUPPORTED_PRECISIONS:
             raise ValueError(
@@ -422,6 +438,7 @@ class AsyncAdaptiveStrategy(DDPStrategy):
         # Lightning starts iterating (prefetch) before it calls set_epoch, and on resume it does not iterate again:
         # start at the loop's epoch so a resumed run draws from the right epoch's cursor and permutation
         kwargs["batch_sampler"].set_epoch(trainer.fit_loop.epoch_progress.current.processed)
+        kwargs["batch_sampler"].workers = self.world_size
         return DataLoader(dataloader.dataset, **kwargs)
 
     # ------------------------------------------------------------------ training
@@ -520,8 +537,10 @@ class AsyncAdaptiveStrategy(DDPStrategy):
         launcher = self._launcher
         if isinstance(launcher, _SubprocessScriptLauncher) and self.is_global_zero and launcher.procs:
             peers = f" Peers: {self.engine.describe_peers()}." if self.engine is not None else ""
+            reason = str(exception).rstrip()
+            reason += "" if reason.endswith((".", "!", "?")) else "."
             print(
-                f"lightning_async: worker 0 stops the run: {type(exception).__name__}: {exception}.{peers}",
+                f"lightning_async: worker 0 stops the run: {type(exception).__name__}: {reason}{peers}",
                 file=sys.stderr,
             )
             # Lightning's observer would SIGKILL this process too once it sees the killed peers, before the
@@ -632,7 +651,12 @@ class _EngineLifecycle(Callback):
             self.engine.end_epoch(self.strategy._local_params)
             self._log(trainer)
 
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
+        if batch_idx == 0:  # after the progress bar reset its total to "unknown" at the epoch's start
+            show_estimated_length(trainer)
+
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any) -> None:
+        show_estimated_length(trainer)
         if fetch_ahead(trainer):
             # a step without an optimizer step (the module's optimizer_step skipped it): the epoch's end is found
             # only now, after Lightning's end-of-step logic, so step the epoch-interval schedulers as it would have

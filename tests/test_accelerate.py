@@ -273,7 +273,8 @@ def test_two_workers_recipe(tmp_path: Path, optimizer: str, accumulation: int) -
         timeout=150,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "lightning_async: 2 workers, bound policy 'accumulate', max_staleness 2" in result.stdout
+    head = "lightning_async: 2 workers, engine 'shared_memory', bound policy 'accumulate', max_staleness 2"
+    assert head in result.stdout
     assert "final test accuracy" in result.stdout
     records = _records(tmp_path / "record")
 

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 import lightning_async
-from lightning_async.cli import build_cli, main
+from lightning_async.cli import DEBUG_ENV, ConfigurationError, build_cli, main, recipes_dir
 from lightning_async.models import CNNClassifier, MLPClassifier
 from lightning_async.optim import AsyncAdaptive
 from tests.recipes.helpers import RECIPES, single_process
@@ -79,9 +79,73 @@ def test_short_class_names_select_model_and_data(tmp_path):
     assert isinstance(cli.model, CNNClassifier) and cli.trainer.state.finished
 
 
-def test_bad_value_is_reported_with_the_parameter():
-    with pytest.raises(ValueError, match=r"`hidden_dims\[0\]` must be a positive integer, got 0"):
-        main(["fit", "--config", str(BASE), "--model.hidden_dims=[0]"])
+def _config_error(capsys, monkeypatch, *args: str) -> str:
+    monkeypatch.delenv(DEBUG_ENV, raising=False)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", *args])
+    assert exit_info.value.code == 2
+    return capsys.readouterr().err
+
+
+def test_bad_value_is_reported_with_the_parameter(capsys, monkeypatch):
+    err = _config_error(capsys, monkeypatch, "--config", str(BASE), "--model.hidden_dims=[0]")
+    assert "lightning-async: configuration error: `hidden_dims[0]` must be a positive integer, got 0." in err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--trainer.strategy.init_args.max_staleness=-3",),
+         "configuration error: max_staleness must be a non-negative integer, 'auto' (from the worker count) or "
+         "None (unbounded), got -3."),
+        (("--model.init_args.optimizer.init_args.lr=-1",),
+         "configuration error: AsyncAdaptive: lr must be a finite number in [0, inf), got -1.0"),
+        (("--trainer.max_epochs=x",), "configuration error: trainer.max_epochs: expected int or None, got 'x'"),
+    ],
+)
+def test_configuration_errors_are_one_short_message(capsys, monkeypatch, args, message):
+    err = _config_error(capsys, monkeypatch, "--config", str(BASE), *args)
+    assert message in err
+    assert "Traceback" not in err and "usage:" not in err
+    assert len(err.strip().splitlines()) <= 4, err
+
+
+def test_a_nested_argument_without_its_class_names_the_fix(capsys, monkeypatch):
+    err = _config_error(capsys, monkeypatch, "--trainer.strategy.max_staleness=3")
+    assert "pass --trainer.strategy=<class> before it" in err
+
+
+def test_debug_switch_shows_the_full_error(monkeypatch):
+    monkeypatch.setenv(DEBUG_ENV, "1")
+    with pytest.raises(ConfigurationError, match="lr must be a finite number"):
+        main(["fit", "--config", str(BASE), "--model.init_args.optimizer.init_args.lr=-1"])
+
+
+def test_missing_torchvision_is_reported_before_any_worker_starts(capsys, monkeypatch):
+    try:
+        import torchvision  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("torchvision is installed here")
+    err = _config_error(capsys, monkeypatch, "--data=MNISTDataModule", "--trainer.devices=2")
+    assert "MNISTDataModule(synthetic=False) reads the real dataset through torchvision" in err
+
+
+def test_help_names_the_package_and_the_recipes(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert f"lightning_async {lightning_async.__version__}" in out
+    assert "list them with `lightning-async recipes`" in out and "Recipes (YAML):" in out
+
+
+def test_recipes_subcommand_lists_every_recipe(capsys):
+    main(["recipes"])
+    out = capsys.readouterr().out
+    assert str(recipes_dir()) in out
+    for recipe in ("digits_mlp", "mnist_cnn", "cifar10_resnet18", "text_gpt"):
+        assert f"{recipe}/base.yaml" in out
 
 
 def test_console_script_prints_a_recipe(tmp_path):

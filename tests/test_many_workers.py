@@ -53,7 +53,8 @@ def test_eight_workers_default_bound_straggler_checkpoint_and_resume(tmp_path, e
               "--timeout", "120", "--checkpoint-dir", str(ckpt)]
     first = _run_script(tmp_path, *common, "--epochs", "2", "--slow-rank", "3", "--factor", "2", timeout=400)
     assert first.returncode == 0, first.stderr[-3000:]
-    assert f"8 workers, bound policy 'accumulate', max_staleness {bound}" in first.stdout + first.stderr
+    assert f"lightning_async: 8 workers, engine '{engine}'" in first.stdout + first.stderr
+    assert f"bound policy 'accumulate', max_staleness {bound}" in first.stdout + first.stderr
     assert WARNING not in first.stderr  # the default bound never idles workers
     telemetry = _check_run(tmp_path, 8, [0, 1], bound, "accumulate")
     version = telemetry["version"]

@@ -396,3 +396,43 @@ def test_validate_test_and_predict_run_after_fit(tmp_path):
     predictions = trainer.predict(model, _data(False))
     assert sum(p.shape[0] for p in predictions) == 96
     assert all(torch.equal(a, b) for a, b in zip(fitted, model.parameters()))  # evaluation changed nothing
+
+
+# ---------------------------------------------------------------------------------------------- what a new user sees
+class Frozen(Net):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net.requires_grad_(False)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+
+
+def test_a_model_with_nothing_to_train_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="Frozen has no parameter that requires a gradient"):
+        _trainer(AsyncAdaptiveStrategy(), tmp_path).fit(Frozen(), _data(False))
+
+
+def test_more_workers_than_cores_is_explained(tmp_path):
+    cores = os.cpu_count() or 1
+    trainer = _trainer(AsyncAdaptiveStrategy(), tmp_path, devices=cores + 1)
+    with pytest.warns(UserWarning, match=rf"devices={cores + 1} starts {cores + 1} worker processes on {cores} CPU"):
+        trainer.strategy._validate_trainer(trainer)
+
+
+class _TotalsSeen(L.Callback):
+    """Reads the training bar's total after every batch (the bar's own hooks have run by then)."""
+
+    def __init__(self) -> None:
+        self.totals: list[int | None] = []
+
+    def on_train_batch_end(self, trainer, *args):
+        self.totals.append(trainer.progress_bar_callback.train_progress_bar.total)
+
+
+def test_the_progress_bar_shows_an_epoch_length_under_dynamic_batches(tmp_path):
+    seen = _TotalsSeen()
+    trainer = _trainer(AsyncAdaptiveStrategy(), tmp_path, enable_progress_bar=True, max_epochs=1, callbacks=[seen])
+    trainer.fit(Net(), _data(True), _data(False))
+    assert trainer.strategy._uses_shared_cursor(trainer)
+    assert seen.totals and all(total == 96 // 8 for total in seen.totals), seen.totals  # one worker: every batch

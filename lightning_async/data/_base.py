@@ -60,7 +60,7 @@ def import_torchvision(owner: str) -> Any:
     except ImportError as err:
         raise ModuleNotFoundError(
             f"{owner}(synthetic=False) reads the real dataset through torchvision, which is not installed. "
-            f"Install it with `pip install torchvision` (the build matching your torch), or pass "
+            f"Install a matching torch and torchvision pair with `pip install 'lightning-async[vision]'`, or pass "
             f"`--data.synthetic=true` to train on generated data of the same shape."
         ) from err
     return torchvision

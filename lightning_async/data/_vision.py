@@ -49,6 +49,8 @@ class VisionDataModule(SplitDataModule):
         self.download = download
         self.synthetic = synthetic
         self.synthetic_size = synthetic_size
+        if not synthetic:
+            import_torchvision(type(self).__name__)  # fail here, before any worker process starts
 
     def _dataset_class(self) -> Any:
         return getattr(import_torchvision(type(self).__name__).datasets, self.dataset_name)

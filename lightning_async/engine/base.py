@@ -69,24 +69,52 @@ class Telemetry:
         return out
 
     def summary(self) -> str:
-        """A human-readable report, printed at the end of fit."""
+        """A human-readable report, printed at the end of fit.
+
+        It names what each counter counts: a gradient is one worker's local step; an *update* is what reaches the
+        optimizer (one gradient, or the average of gradients a worker held back under ``"accumulate"`` and its
+        next one); on the parameter-server engine each owner counts its own blocks' part of an update.
+        """
         c = self.counters
+        workers = len(self.per_worker)
+        engine = self.extra.get("engine")
+        owners = len(self.extra.get("owners", ())) or 1
+        head = f"lightning_async: {workers} worker{'s' if workers != 1 else ''}"
+        if engine:
+            head += f", engine {engine!r}" + (f" ({owners} owners)" if owners > 1 else "")
+        head += f", bound policy {self.bound_policy!r}, max_staleness {self.max_staleness}"
+        per_worker = ", ".join(f"worker {w}: {int(row['gradients'])}" for w, row in enumerate(self.per_worker))
+        per_owner = f", counted per owner ({owners} owners each apply their blocks' part)" if owners > 1 else ""
         lines = [
-            f"lightning_async: {len(self.per_worker)} workers, bound policy {self.bound_policy!r}, "
-            f"max_staleness {self.max_staleness}",
-            f"  updates: received {c['received']}, applied {c['applied']}, rejected stale "
-            f"{c['rejected_stale']}, rejected non-finite {c['rejected_nonfinite']}, deferred {c['deferred']}",
-            f"  staleness: mean {self.staleness_mean:.2f}, max {self.staleness_max}, "
-            f"histogram {_compact_histogram(self.staleness_histogram)}",
+            head,
+            f"  gradients computed: {c['gradients']} ({per_worker})",
+            f"  updates{per_owner}: {c['applied']} applied, {c['rejected_stale']} rejected as too stale, "
+            f"{c['rejected_nonfinite']} rejected as non-finite (of {c['received']} received)",
         ]
-        extra = {name: c[name] for name in ("lost", "overlapped", "rejected_schema", "rejected_duplicate",
-                                            "rejected_version") if c.get(name)}
+        if c.get("deferred"):
+            lines.append(
+                f"  held back: {c['deferred']} times a gradient waited for the bound and was averaged into the "
+                "same worker's next update instead of being applied alone"
+                + (" (counted per owner)" if owners > 1 else "")
+            )
+        lines.append(
+            f"  staleness of the applied updates: mean {self.staleness_mean:.2f}, max {self.staleness_max}, "
+            f"histogram {_compact_histogram(self.staleness_histogram)}"
+        )
+        described = {
+            "overlapped": "updates sent while the next gradient was computed (overlap)",
+            "lost": "updates lost with a failed worker",
+            "rejected_schema": "updates rejected for a wrong shape or dtype",
+            "rejected_duplicate": "duplicate updates rejected",
+            "rejected_version": "updates rejected for an unknown version",
+        }
+        extra = [f"{c[name]} {text}" for name, text in described.items() if c.get(name)]
         if extra:
-            lines.append("  also: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in extra.items()))
+            lines.append("  also: " + "; ".join(extra))
         for w, row in enumerate(self.per_worker):
             lines.append(
-                f"  worker {w}: {int(row['gradients'])} gradients, {int(row['samples'])} samples applied, "
-                f"{row['samples_per_s']:.1f} samples/s, waiting {100 * row['wait_fraction']:.1f}% of the time"
+                f"  worker {w}: {int(row['samples'])} samples in applied updates, {row['samples_per_s']:.1f} "
+                f"samples/s, waiting {100 * row['wait_fraction']:.1f}% of the time"
             )
         return "\n".join(lines)
 

@@ -572,6 +572,7 @@ class SharedMemoryEngine(Engine):
             max_staleness=self.bound.max_staleness,
             bound_policy=self.bound.policy,
             version=self.version,
+            extra={"engine": "shared_memory"},
         )
 
     def close(self) -> None:

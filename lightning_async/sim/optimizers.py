@@ -74,4 +74,5 @@ def make_optimizer(name: str, params: Iterable[torch.nn.Parameter], lr: float, *
     try:
         return cls(params, lr=lr, **kwargs)
     except TypeError as err:
-        raise ValueError(f"optimizer {name!r} ({cls.__name__}) rejected its arguments {kwargs}: {err}.") from err
+        reason = str(err).rstrip(".")
+        raise ValueError(f"optimizer {name!r} ({cls.__name__}) rejected its arguments {kwargs}: {reason}.") from err
