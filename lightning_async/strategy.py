@@ -41,6 +41,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader, IterableDataset
 from typing_extensions import override
 
+from lightning_async._global_step import follow_global_progress, use_global_step_logging
 from lightning_async._progress import show_estimated_length
 from lightning_async.engine.base import Engine, Telemetry
 from lightning_async.engine.bound import (
@@ -253,6 +254,7 @@ class AsyncAdaptiveStrategy(DDPStrategy):
         if trainer.state.fn == TrainerFn.FITTING:
             # first among the callbacks: theirs then see the epoch's end and the refreshed parameters
             trainer.callbacks.insert(0, _EngineLifecycle(self))
+            use_global_step_logging(trainer)
             # Lightning >= 2.5 broadcasts a SIGTERM flag from rank 0 before *every* training batch when
             # distributed: a per-step collective that would put asynchronous workers in lockstep (and pair
             # different steps). Each worker checks its own flag instead; there is no switch for this upstream.
@@ -619,6 +621,7 @@ class _EngineLifecycle(Callback):
 
     def __init__(self, strategy: AsyncAdaptiveStrategy) -> None:
         self.strategy = strategy
+        self._steps = 0  # this worker's own training steps (trainer.global_step counts every worker's updates)
 
     @property
     def engine(self) -> Any:
@@ -636,6 +639,7 @@ class _EngineLifecycle(Callback):
             if trainer.world_size > 1:
                 self.strategy.barrier("lightning_async.start")
             self.engine.begin_step(self.strategy._local_params)
+            follow_global_progress(trainer, self.engine.version)
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.engine is not None and self.strategy._uses_shared_cursor(trainer):
@@ -656,12 +660,15 @@ class _EngineLifecycle(Callback):
             show_estimated_length(trainer)
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any) -> None:
+        if self.engine is not None:
+            follow_global_progress(trainer, self.engine.version)
+            self._steps += 1
         show_estimated_length(trainer)
         if fetch_ahead(trainer):
             # a step without an optimizer step (the module's optimizer_step skipped it): the epoch's end is found
             # only now, after Lightning's end-of-step logic, so step the epoch-interval schedulers as it would have
             trainer.fit_loop.epoch_loop.update_lr_schedulers("epoch", update_plateau_schedulers=False)
-        if self.engine is not None and trainer.is_global_zero and trainer.global_step % trainer.log_every_n_steps == 0:
+        if self.engine is not None and trainer.is_global_zero and self._steps % trainer.log_every_n_steps == 0:
             self._log(trainer)
 
     def _log(self, trainer: Trainer) -> None:

@@ -60,13 +60,15 @@ python -m lightning_async.cli fit --config recipes/digits_mlp/base.yaml   # the 
   blocks; biases, norm weights and convolution filters use Adam (`muon_fallback: adam`), and
   `adjust_lr_fn: match_rms_adamw` lets one `lr` serve both.
 - **Learning rates** were tuned briefly on the digits (3 epochs, one process). For the other models they are
-  starting points that have not been tuned on the real data sets (this machine has no internet for the
-  downloads).
+  starting points, not tuned on the real data sets.
 - **Data without downloads:** the digits are bundled with scikit-learn. MNIST and CIFAR-10 are read through
-  torchvision (`pip install torchvision`), downloaded into `data/` on first use; `--data.synthetic=true`
+  torchvision (`pip install 'lightning-async[vision]'` installs a matching torch and torchvision), downloaded into
+  `data/` on first use; `--data.synthetic=true`
   (with `--data.synthetic_size=N`) trains on generated images of the same shape instead, with no torchvision.
-  The GPT reads the text file you name with `--data.path=corpus.txt` (bytes, so any UTF-8 text);
-  `--data.synthetic=true` generates English-like text.
+  The GPT reads real text with no download by default: about 1 MB of the Python standard library's
+  documentation, built from the running interpreter (`--data.corpus=python_docs`). `--data.corpus=tiny_shakespeare
+  --data.download=true` downloads tiny Shakespeare once into `~/.cache/lightning_async`; `--data.path=corpus.txt`
+  reads your own file (bytes, so any UTF-8 text); `--data.synthetic=true` generates English-like text.
 - **Tests:** `tests/recipes/test_recipes.py` runs every variant of every model through `lightning-async fit` with
   two training and two validation batches (limits, not `fast_dev_run`, so that the recipe's own trainer
   settings are checked), one in-process device and tiny synthetic data (`pytest tests/recipes`).

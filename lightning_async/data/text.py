@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
+from typing import Literal
 
 import torch
 from torch.utils.data import Dataset
 
 from lightning_async.data._base import SplitDataModule, check_fractions, check_positive_int
+from lightning_async.data.corpora import CORPORA, DEFAULT_DATA_DIR, corpus_path
 
 _WORDS = {
     "det": ["the", "a", "every", "some", "one"],
@@ -67,19 +69,27 @@ class BlockDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
 
 
 class TextDataModule(SplitDataModule):
-    """Byte-level language modelling on a text file the user names (or on generated text).
+    """Byte-level language modelling on a real corpus, a text file the user names, or generated text.
 
-    The file is read as raw bytes (UTF-8 text becomes its bytes, so ``vocab_size`` is 256 whatever the file) and
+    Where the text comes from, first match wins: ``synthetic=True`` (generated); ``path`` (your file);
+    otherwise ``corpus``: ``"python_docs"`` (the default: about 1 MB of the Python standard library's
+    documentation, built offline from the running interpreter, no download) or ``"tiny_shakespeare"`` (downloaded
+    once into ``data_dir`` with ``download=True``, then read from there). See :mod:`lightning_async.data.corpora`.
+
+    The text is read as raw bytes (UTF-8 text becomes its bytes, so ``vocab_size`` is 256 whatever the file) and
     split contiguously: the first part for training, then ``val_fraction`` for validation and ``test_fraction`` for
     testing. Training samples are all windows of ``block_size`` bytes (one per start position, shuffled);
-    validation and test use non-overlapping windows. Any plain-text corpus works, e.g. the 1 MB "tiny
-    Shakespeare" file.
+    validation and test use non-overlapping windows.
 
     ``synthetic=True`` ignores ``path`` and generates ``synthetic_size`` characters of English-like text from a
     tiny grammar (see :func:`generate_text`); the tests use it.
 
     Args:
-        path: Path of the text file (required unless ``synthetic=True``).
+        path: Path of a text file to train on instead of ``corpus``.
+        corpus: The corpus used when neither ``path`` nor ``synthetic`` is given: ``"python_docs"`` or
+            ``"tiny_shakespeare"``.
+        data_dir: Cache folder of the corpora.
+        download: Download ``tiny_shakespeare`` into ``data_dir`` if it is not there yet.
         block_size: Context length of each sample, in bytes. Must not exceed the model's ``block_size``.
         batch_size: Samples per batch, per worker.
         val_fraction: Fraction of the file used for validation.
@@ -104,6 +114,9 @@ class TextDataModule(SplitDataModule):
     def __init__(
         self,
         path: str | None = None,
+        corpus: Literal["python_docs", "tiny_shakespeare"] = "python_docs",
+        data_dir: str = DEFAULT_DATA_DIR,
+        download: bool = False,
         block_size: int = 128,
         batch_size: int = 32,
         val_fraction: float = 0.05,
@@ -122,12 +135,9 @@ class TextDataModule(SplitDataModule):
         for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
             if value <= 0:
                 raise ValueError(f"`{name}` must be in (0, 1), got {value!r}.")
-        if not synthetic:
-            if path is None:
-                raise ValueError(
-                    "TextDataModule needs `path`, a text file to train on, got path=None. Pass "
-                    "`--data.path=/path/to/corpus.txt`, or `--data.synthetic=true` for generated text."
-                )
+        if corpus not in CORPORA:
+            raise ValueError(f"TextDataModule: corpus must be one of {CORPORA}, got {corpus!r}.")
+        if not synthetic and path is not None:
             file = Path(path).expanduser()
             if not file.is_file():
                 raise FileNotFoundError(
@@ -137,6 +147,9 @@ class TextDataModule(SplitDataModule):
                 )
         self.save_hyperparameters()
         self.path = path
+        self.corpus = corpus
+        self.data_dir = data_dir
+        self.download = download
         self.block_size = block_size
         self.val_fraction = val_fraction
         self.test_fraction = test_fraction
@@ -145,12 +158,25 @@ class TextDataModule(SplitDataModule):
         self.synthetic_size = synthetic_size
         self.seed = seed
 
+    @property
+    def source(self) -> str:
+        """Where the text comes from, in words (for messages)."""
+        if self.synthetic:
+            return "the generated text"
+        return repr(self.path) if self.path is not None else f"the {self.corpus} corpus"
+
+    def prepare_data(self) -> None:
+        """Build or download the corpus into ``data_dir`` (once per node, before any worker reads it)."""
+        if not self.synthetic and self.path is None:
+            corpus_path(self.corpus, self.data_dir, self.download)
+
     def load_bytes(self) -> bytes:
-        """The raw corpus: the file's bytes, or the generated text encoded as ASCII."""
+        """The raw text: generated (ASCII), the user's file, or the corpus from ``data_dir``."""
         if self.synthetic:
             return generate_text(self.synthetic_size, self.seed).encode("ascii")
-        assert self.path is not None  # checked in __init__
-        return Path(self.path).expanduser().read_bytes()
+        if self.path is not None:
+            return Path(self.path).expanduser().read_bytes()
+        return corpus_path(self.corpus, self.data_dir, self.download).read_bytes()
 
     def setup(self, stage: str | None = None) -> None:
         """Read the corpus and cut it into train, validation and test windows."""
@@ -167,7 +193,7 @@ class TextDataModule(SplitDataModule):
             "val": tokens[n_train : n_train + n_val],
             "test": tokens[n_train + n_val :],
         }
-        source = "the generated text" if self.synthetic else f"{self.path!r}"
+        source = self.source
         for name in ("train", "val", "test"):
             if len(splits[name]) < self.block_size + 1:
                 raise ValueError(

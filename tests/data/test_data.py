@@ -91,7 +91,7 @@ def test_generated_text_is_deterministic_and_exact_length():
 @pytest.mark.parametrize(
     ("kwargs", "error", "message"),
     [
-        ({}, ValueError, r"needs `path`.*got path=None.*--data.path="),
+        ({"corpus": "wikitext"}, ValueError, r"corpus must be one of \('python_docs', 'tiny_shakespeare'\), got 'w"),
         ({"path": "no/such.txt"}, FileNotFoundError, r"`path` must be an existing text file, got 'no/such.txt'"),
         ({"synthetic": True, "block_size": 0}, ValueError, r"`block_size` must be a positive integer, got 0"),
         ({"synthetic": True, "block_size": -3}, ValueError, r"`block_size` must be a positive integer, got -3"),

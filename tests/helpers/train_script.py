@@ -34,10 +34,12 @@ class Regression(L.LightningModule):
         self.seen: dict[int, list[int]] = {}
         self.epoch_losses: list[float] = []
         self._epoch_loss: list[float] = []
+        self.steps_taken = 0  # this worker's own steps (trainer.global_step counts every worker's updates)
 
     def training_step(self, batch, batch_idx):
         x, y, index = batch
         self.seen.setdefault(self.current_epoch, []).extend(index.tolist())
+        self.steps_taken += 1
         loss = torch.nn.functional.mse_loss(self.net(x), y)
         self.log("train_loss", loss, sync_dist=True, on_step=True, on_epoch=True)
         self._epoch_loss.append(float(loss))
@@ -110,6 +112,7 @@ def main() -> None:
     parser.add_argument("--log-every-n-steps", type=int, default=None, help="CSVLogger under <out>/logs")
     parser.add_argument("--crash-at", default=None, help="RANK,EPOCH,BATCH: os._exit(1) there")
     parser.add_argument("--on-worker-failure", default="stop")
+    parser.add_argument("--max-steps", type=int, default=-1)
     parser.add_argument("--owner-ranks", default=None, help="comma-separated ranks that own blocks")
     args = parser.parse_args()
 
@@ -138,6 +141,7 @@ def main() -> None:
     )
     trainer = L.Trainer(
         accelerator="cpu", devices=args.devices, num_nodes=args.num_nodes, strategy=strategy, max_epochs=args.epochs,
+        max_steps=args.max_steps,
         callbacks=callbacks,
         logger=CSVLogger(args.out / "logs") if args.log_every_n_steps else False,
         log_every_n_steps=args.log_every_n_steps or 50,
@@ -153,7 +157,9 @@ def main() -> None:
     report = {
         "pid": os.getpid(),
         "seen": model.seen,
-        "steps": trainer.global_step,
+        "steps": model.steps_taken,
+        "global_step": trainer.global_step,
+        "checkpoints": sorted(p.name for p in args.checkpoint_dir.glob("*.ckpt")) if args.checkpoint_dir else [],
         "epoch_losses": model.epoch_losses,
         "metrics": {k: float(v) for k, v in trainer.callback_metrics.items()},
         "non_finite": non_finite_parameters(model),

@@ -47,3 +47,10 @@ def test_recipe_runs(case, tmp_path):
     assert type(cli.trainer.strategy) is expected
     assert math.isfinite(float(cli.trainer.callback_metrics["train/loss"]))
     assert "val/acc" in cli.trainer.callback_metrics
+
+
+def test_the_gpt_recipe_trains_on_a_real_corpus_by_default(tmp_path):
+    base = RECIPES / "text_gpt" / "base.yaml"
+    cli = build_cli(["--config", str(base), *single_process(tmp_path)], run=False)
+    assert cli.datamodule.path is None and not cli.datamodule.synthetic
+    assert cli.datamodule.corpus == "python_docs" and cli.datamodule.download is False
