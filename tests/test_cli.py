@@ -63,7 +63,7 @@ def test_ddp_delta_replaces_only_the_strategy(capsys):
 def test_recipe_instantiates_strategy_and_injected_optimizer():
     cli = build_cli(["--config", str(BASE), "--config", str(ADAGRAD), "--trainer.devices=1"], run=False)
     assert isinstance(cli.trainer.strategy, lightning_async.AsyncAdaptiveStrategy)
-    assert cli.trainer.strategy.max_staleness == 4
+    assert cli.trainer.strategy.max_staleness == "auto"
     assert isinstance(cli.model, MLPClassifier)
     optimizer = cli.model.configure_optimizers()
     assert isinstance(optimizer, AsyncAdaptive)
