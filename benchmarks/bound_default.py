@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from lightning_async.engine.simulated import SimulatedEngine
+from lightning_async._engine.simulated import SimulatedEngine
 from lightning_async.sim.problems import get_problem
 
 

@@ -8,7 +8,7 @@ import (see ``lightning_async_autoload``).
 from lightning.pytorch.strategies import StrategyRegistry
 
 from lightning_async.callbacks import StalenessHistogram
-from lightning_async.engine.base import Telemetry
+from lightning_async._engine.base import Telemetry
 from lightning_async.errors import AsyncTrainingError, NonFiniteGradientError, WorkerDiedError, WorkerTimeoutError
 from lightning_async.strategy import AsyncAdaptiveStrategy
 
@@ -16,7 +16,7 @@ __version__ = "0.1.0"
 
 # Subpackages load on first attribute access (``lightning_async.optim.AsyncAdagrad``, as with ``torch.optim``),
 # so that ``import lightning_async`` stays as light as the strategy registration needs.
-_LAZY_SUBMODULES = frozenset({"optim", "data", "models", "engine", "sim", "accelerate", "cli", "testing"})
+_LAZY_SUBMODULES = frozenset({"optim", "data", "models", "sim", "accelerate", "callbacks", "cli", "testing"})
 
 
 def __getattr__(name: str):

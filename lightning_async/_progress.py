@@ -2,7 +2,7 @@
 
 A loader fed by the shared cursor has no length (a worker's share is known only when the epoch ends), so
 Lightning's bars would show ``21/?`` and no ETA. The strategy sets the bar's total to the sampler's running
-estimate (:meth:`~lightning_async.sampler.SharedCursorBatchSampler.estimated_length`) instead.
+estimate (:meth:`~lightning_async._sampler.SharedCursorBatchSampler.estimated_length`) instead.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
 
-from lightning_async.sampler import SharedCursorBatchSampler
+from lightning_async._sampler import SharedCursorBatchSampler
 
 
 def shared_cursor_sampler(trainer: Trainer) -> SharedCursorBatchSampler | None:

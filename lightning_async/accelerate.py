@@ -54,19 +54,19 @@ from accelerate.utils import DistributedType
 from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 from torch.utils.data import DataLoader, IterableDataset
 
-from lightning_async.engine.base import Telemetry
-from lightning_async.engine.bound import (
+from lightning_async._engine.base import Telemetry
+from lightning_async._engine.bound import (
     AUTO,
     idle_warning,
     resolve_max_staleness,
     validate_bound_policy,
     validate_max_staleness,
 )
-from lightning_async.engine.shared_memory import SharedMemoryEngine
-from lightning_async.engine.shm import remove_stale_runs, run_directory
-from lightning_async.engine_optimizer import EngineOptimizer, ordered_params
-from lightning_async.sampler import dynamic_batch_loader_kwargs
-from lightning_async.schedulers import GlobalProgressScheduler
+from lightning_async._engine.shared_memory import SharedMemoryEngine
+from lightning_async._engine.shm import remove_stale_runs, run_directory
+from lightning_async._engine_optimizer import EngineOptimizer, ordered_params
+from lightning_async._sampler import dynamic_batch_loader_kwargs
+from lightning_async._schedulers import GlobalProgressScheduler
 
 #: Accelerate setups the shared-memory engine runs under (one node, parameters on the CPU)
 SUPPORTED_DISTRIBUTED_TYPES = (DistributedType.NO, DistributedType.MULTI_CPU)

@@ -7,7 +7,7 @@ from typing import Any
 
 from lightning.pytorch import Callback, LightningModule, Trainer
 
-from lightning_async.engine.base import Telemetry
+from lightning_async._engine.base import Telemetry
 
 
 class StalenessHistogram(Callback):

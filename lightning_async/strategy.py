@@ -2,7 +2,7 @@
 
 Lightning glue only. Launching, process groups, ranks and metric reduction come from :class:`DDPStrategy`;
 the model is *not* wrapped in ``DistributedDataParallel`` (there is no synchronous all-reduce). Instead the
-user's optimizer is wrapped in an :class:`~lightning_async.engine_optimizer.EngineOptimizer` whose ``step``
+user's optimizer is wrapped in a proxy whose ``step``
 offers the worker's gradients to an engine, which applies them to the authoritative parameters with the user's
 own update rule, measures their staleness and enforces ``max_staleness``.
 """
@@ -43,8 +43,8 @@ from typing_extensions import override
 
 from lightning_async._global_step import follow_global_progress, use_global_step_logging
 from lightning_async._progress import show_estimated_length
-from lightning_async.engine.base import Engine, Telemetry
-from lightning_async.engine.bound import (
+from lightning_async._engine.base import Engine, Telemetry
+from lightning_async._engine.bound import (
     AUTO,
     BOUND_POLICIES,
     idle_warning,
@@ -52,14 +52,14 @@ from lightning_async.engine.bound import (
     validate_bound_policy,
     validate_max_staleness,
 )
-from lightning_async.engine.parameter_server import ParameterServerEngine
-from lightning_async.engine.shared_memory import SharedMemoryEngine
-from lightning_async.engine.shm import remove_stale_runs, run_directory
-from lightning_async.engine_optimizer import EngineOptimizer, ordered_params
-from lightning_async.fetcher import fetch_ahead, use_just_in_time_fetcher
-from lightning_async.live_collectives import LiveCollectives
-from lightning_async.sampler import SharedCursorBatchSampler, dynamic_batch_loader_kwargs
-from lightning_async.schedulers import GlobalProgressScheduler
+from lightning_async._engine.parameter_server import ParameterServerEngine
+from lightning_async._engine.shared_memory import SharedMemoryEngine
+from lightning_async._engine.shm import remove_stale_runs, run_directory
+from lightning_async._engine_optimizer import EngineOptimizer, ordered_params
+from lightning_async._fetcher import fetch_ahead, use_just_in_time_fetcher
+from lightning_async._live_collectives import LiveCollectives
+from lightning_async._sampler import SharedCursorBatchSampler, dynamic_batch_loader_kwargs
+from lightning_async._schedulers import GlobalProgressScheduler
 
 #: precisions whose gradients reach ``optimizer.step`` unscaled and whose optimizer step is never skipped
 SUPPORTED_PRECISIONS = ("32-true", "32", "64-true", "64", "bf16-mixed", "bf16-true", "bf16")
@@ -458,7 +458,7 @@ class AsyncAdaptiveStrategy(DDPStrategy):
         output = super().optimizer_step(optimizer, closure, model, **kwargs)
         trainer = self.lightning_module.trainer if self.lightning_module is not None else None
         if trainer is not None and trainer.training:
-            # claim the next shared-cursor batch now that this one is done, not when it started (see fetcher.py);
+            # claim the next shared-cursor batch now that this one is done, not when it started (see _fetcher.py);
             # before Lightning's end-of-step logic, which reads whether this was the epoch's last batch
             fetch_ahead(trainer)
         return output

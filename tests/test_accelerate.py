@@ -22,7 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 
 from lightning_async.accelerate import AsyncTraining
-from lightning_async.engine.shm import pid_alive
+from lightning_async._engine.shm import pid_alive
 from lightning_async.optim import AsyncAdam
 
 ROOT = Path(__file__).resolve().parents[1]

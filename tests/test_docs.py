@@ -165,7 +165,7 @@ def test_api_doc_covers_every_public_name() -> None:
     required = {
         "lightning_async",
         "lightning_async.optim",
-        "lightning_async.engine",
+        "lightning_async._engine",
         "lightning_async.testing",
         "lightning_async.callbacks",
         "lightning_async.accelerate",

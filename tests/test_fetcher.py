@@ -10,7 +10,7 @@ from lightning.pytorch.loops.fetchers import _PrefetchDataFetcher
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_async import AsyncAdaptiveStrategy
-from lightning_async.fetcher import JustInTimeFetcher
+from lightning_async._fetcher import JustInTimeFetcher
 
 BATCHES = 6  # per epoch: 48 samples in batches of 8
 

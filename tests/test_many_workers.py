@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from lightning_async.engine.shm import DEFAULT_ROOT
+from lightning_async._engine.shm import DEFAULT_ROOT
 from tests.test_strategy import _assert_counters, _no_process_left, _run_script
 
 SAMPLES = 512  # 32 batches of 16 per epoch

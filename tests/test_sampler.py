@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 
-from lightning_async.sampler import SharedCursorBatchSampler
+from lightning_async._sampler import SharedCursorBatchSampler
 
 
 class _Cursor:

@@ -1,7 +1,7 @@
 """Simulated asynchrony for research: speed profiles, blocks, test problems, the study's metrics and the CLI.
 
-The engine itself is :class:`lightning_async.engine.simulated.SimulatedEngine`; this package holds what it and
-its users need around it:
+The engine itself is the strategy's simulated engine (internal; :func:`~lightning_async.sim.run.simulate` drives
+it); this package holds what it and its users need around it:
 
 * :mod:`~lightning_async.sim.speeds`: speed profiles of virtual workers (``SPEC`` strings);
 * :mod:`~lightning_async.sim.blocks`: blocks, overlap rule, block selection;

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from lightning_async.engine.bound import BOUND_POLICIES
+from lightning_async._engine.bound import BOUND_POLICIES
 from lightning_async.sim.blocks import OVERLAPS, SELECTIONS
 from lightning_async.sim.optimizers import OPTIMIZER_NAMES, make_optimizer, parse_kwargs
 from lightning_async.sim.problems import PROBLEMS, get_problem

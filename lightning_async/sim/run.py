@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from lightning_async.engine.simulated import SimulatedEngine
+from lightning_async._engine.simulated import SimulatedEngine
 from lightning_async.sim.metrics import eval_schedule, rate_check, running_min
 from lightning_async.sim.problems import Problem
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from lightning_async.engine.bound import (
+from lightning_async._engine.bound import (
     AUTO,
     StalenessBound,
     auto_max_staleness,

@@ -20,8 +20,8 @@ import psutil
 import pytest
 import torch
 
-from lightning_async.engine import ps_wire as wire
-from lightning_async.engine.parameter_server import ParameterServerEngine, assign_blocks
+from lightning_async._engine import ps_wire as wire
+from lightning_async._engine.parameter_server import ParameterServerEngine, assign_blocks
 from lightning_async.errors import AsyncTrainingError
 
 WORKER = Path(__file__).parent / "ps_helpers" / "worker.py"
@@ -239,7 +239,7 @@ def _check_invariants(counters: dict, histogram: list[int], max_staleness: int) 
 
 _CHANNEL_PAIR = """
 import json, sys, torch, torch.distributed as dist
-from lightning_async.engine import ps_wire as wire
+from lightning_async._engine import ps_wire as wire
 rank, init = int(sys.argv[1]), sys.argv[2]
 dist.init_process_group("gloo", init_method="file://" + init, rank=rank, world_size=2)
 group = dist.new_group([0, 1], backend="gloo")
@@ -516,7 +516,7 @@ def test_torchrun_two_nodes_on_loopback(tmp_path):
 def test_the_owners_optimizer_never_steps_the_users_parameters_under_an_lr_scheduler():
     """An LR scheduler patches ``optimizer.step`` with a wrapper bound to the user's optimizer; an owner's copy must
     not inherit it (it stepped the worker's live local parameters from a server thread mid-backward)."""
-    from lightning_async.engine.parameter_server import _restricted_optimizer
+    from lightning_async._engine.parameter_server import _restricted_optimizer
 
     local = [torch.nn.Parameter(torch.ones(3))]
     optimizer = torch.optim.Adam(local, lr=0.1)
@@ -535,8 +535,8 @@ def _authority(max_staleness: int):
     """An owner's state for two workers, without processes: only what ``_Authority`` reads of its engine."""
     from types import SimpleNamespace
 
-    from lightning_async.engine.bound import StalenessBound
-    from lightning_async.engine.parameter_server import _Authority
+    from lightning_async._engine.bound import StalenessBound
+    from lightning_async._engine.parameter_server import _Authority
 
     params = [torch.nn.Parameter(torch.zeros(2))]
     engine = SimpleNamespace(
@@ -593,7 +593,7 @@ def test_pair_groups_are_made_by_their_two_ranks_in_one_global_order(monkeypatch
     """Each rank makes only the groups it is in (at most 2 (N - 1), linear in N), in the order of the pairs, so a
     group's two ranks always meet at it: the set-up of every rank, replayed in one thread, never waits on a group
     whose peer has not reached it yet."""
-    from lightning_async.engine import parameter_server as ps
+    from lightning_async._engine import parameter_server as ps
 
     made: dict[int, list[tuple[str, int]]] = {}
 

@@ -11,8 +11,8 @@ import shutil
 import pytest
 import torch
 
-from lightning_async.engine.shared_memory import SharedMemoryEngine
-from lightning_async.engine.shm import run_directory
+from lightning_async._engine.shared_memory import SharedMemoryEngine
+from lightning_async._engine.shm import run_directory
 from lightning_async.errors import NonFiniteGradientError, WorkerTimeoutError
 
 

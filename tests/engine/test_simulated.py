@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-import lightning_async.engine.simulated as simulated
-from lightning_async.engine.records import APPLIED, REJECTED_NON_FINITE, REJECTED_STALE
-from lightning_async.engine.simulated import SimulatedEngine, derive_seed
+import lightning_async._engine.simulated as simulated
+from lightning_async._engine.records import APPLIED, REJECTED_NON_FINITE, REJECTED_STALE
+from lightning_async._engine.simulated import SimulatedEngine, derive_seed
 
 POLICIES = ("accumulate", "wait", "drop")
 STRAGGLY = "linear:1:3+lognormal:0.5+straggler:0.05:8:5"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lightning_async.engine.base import Telemetry
+from lightning_async._engine.base import Telemetry
 
 
 def _row(gradients: int, samples: int) -> dict[str, float]:

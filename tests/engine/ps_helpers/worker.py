@@ -33,7 +33,7 @@ def _light_package() -> None:
 
 
 _light_package()
-from lightning_async.engine.parameter_server import ParameterServerEngine  # noqa: E402
+from lightning_async._engine.parameter_server import ParameterServerEngine  # noqa: E402
 
 
 def model() -> torch.nn.Module:

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch.optim import Optimizer
 
-from lightning_async.engine.base import Engine
+from lightning_async._engine.base import Engine
 
 
 class EngineOptimizer(Optimizer):

@@ -5,7 +5,7 @@ This is the paper's computational model (Hogwild!-style): there is no server. Ea
 1. takes a *read*: copies the shared parameters into its private model and records their version;
 2. computes a gradient on its private copy;
 3. is *admitted* to apply it (a few integer checks under a short cross-process lock, see
-   :mod:`lightning_async.engine.bound`), then runs the optimizer's rule directly on the shared parameters and
+   :mod:`lightning_async._engine.bound`), then runs the optimizer's rule directly on the shared parameters and
    shared optimizer state while the other workers keep computing.
 
 Writes: by default (``lock_free=False``) one write at a time holds a write lock for the duration of the
@@ -39,9 +39,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from lightning_async.engine.base import COUNTERS, TIMERS, Engine, Telemetry, all_finite, is_async_optimizer
-from lightning_async.engine.bound import StalenessBound, is_feasible
-from lightning_async.engine.shm import FileLock, map_array, map_tensor, pid_alive
+from lightning_async._engine.base import COUNTERS, TIMERS, Engine, Telemetry, all_finite, is_async_optimizer
+from lightning_async._engine.bound import StalenessBound, is_feasible
+from lightning_async._engine.shm import FileLock, map_array, map_tensor, pid_alive
 from lightning_async.errors import NonFiniteGradientError, WorkerDiedError, WorkerTimeoutError
 
 _HEADER = 16

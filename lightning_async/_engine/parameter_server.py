@@ -17,7 +17,7 @@ object never steps and keeps no state.
 **Versions, staleness, admission.** Each owner is an independent authority over its *block group*: it keeps a
 version (updates applied to its blocks; every block version of the group moves with it), the reads in flight
 (a worker's read is registered when it pulls the group's parameters), and admits reads and applies with the same
-:class:`~lightning_async.engine.bound.StalenessBound` as the shared-memory engine. One *update* is therefore one
+:class:`~lightning_async._engine.bound.StalenessBound` as the shared-memory engine. One *update* is therefore one
 worker's gradient for one owner's block group: with one owner this is exactly the shared-memory engine's update,
 with several each gradient makes one update per owner, checked and counted on its own ("versions per block,
 staleness per update"). Counters and the staleness histogram are summed over owners; ``samples`` is counted by
@@ -34,7 +34,7 @@ after ``timeout`` (bounded, never silent).
 (made by its two ranks alone, so a rank's set-up and connections grow linearly with the ranks: see
 :func:`pair_groups`), used in one direction, and the owner runs one server thread per
 remote client that receives that client's requests in order. Messages are raw tensors behind an int64 header
-(:mod:`lightning_async.engine.ps_wire`), nothing is pickled, and a message is one send. A step costs one round trip
+(:mod:`lightning_async._engine.ps_wire`), nothing is pickled, and a message is one send. A step costs one round trip
 per owner: the push of a gradient returns the owner's fresh parameters with a new read already registered (push-pull),
 and the pushes to all owners are posted at once and run concurrently, while the worker applies the blocks it
 owns itself in its own thread (no wire, no message, no clone: the fresh blocks are copied straight into its
@@ -112,9 +112,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from lightning_async.engine import ps_wire as wire
-from lightning_async.engine.base import COUNTERS, Engine, Telemetry, all_finite, is_async_optimizer
-from lightning_async.engine.bound import StalenessBound
+from lightning_async._engine import ps_wire as wire
+from lightning_async._engine.base import COUNTERS, Engine, Telemetry, all_finite, is_async_optimizer
+from lightning_async._engine.bound import StalenessBound
 from lightning_async.errors import AsyncTrainingError, NonFiniteGradientError, WorkerDiedError, WorkerTimeoutError
 
 #: counters kept by each owner, per worker
@@ -1626,7 +1626,7 @@ class ParameterServerEngine(Engine):
     # ------------------------------------------------------------------ failed workers
     def _mark_gone(self, w: int) -> None:
         """Record in the store that worker ``w`` is dead or evicted (``on_worker_failure="continue"``), so that the
-        survivors' collectives stop waiting for it (see :mod:`lightning_async.live_collectives`)."""
+        survivors' collectives stop waiting for it (see :mod:`lightning_async._live_collectives`)."""
         self._gone.add(w)
         if self._store is not None:
             with contextlib.suppress(Exception):  # the store is rank 0's: if it is gone, so is the run

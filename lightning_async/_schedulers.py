@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lightning_async.engine.base import Engine
+from lightning_async._engine.base import Engine
 
 
 class GlobalProgressScheduler:

@@ -8,7 +8,7 @@ batch, and push it when its virtual clock says the computation is over (duration
 virtual workers hold gradients and, under ``"accumulate"``, a copy of the parameters they read; never adaptive
 state.
 
-The staleness bound is the shared :class:`~lightning_async.engine.bound.StalenessBound`, checked on every block an
+The staleness bound is the shared :class:`~lightning_async._engine.bound.StalenessBound`, checked on every block an
 update touches:
 
 * ``"wait"``: a read or an apply that is not admitted waits; the worker's clock moves to the moment it is admitted.
@@ -35,8 +35,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from lightning_async.engine.bound import StalenessBound
-from lightning_async.engine.records import (
+from lightning_async._engine.bound import StalenessBound
+from lightning_async._engine.records import (
     APPLIED,
     REJECTED_NON_FINITE,
     REJECTED_STALE,
