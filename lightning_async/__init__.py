@@ -7,8 +7,8 @@ import (see ``lightning_async_autoload``).
 
 from lightning.pytorch.strategies import StrategyRegistry
 
-from lightning_async.callbacks import StalenessHistogram
 from lightning_async._engine.base import Telemetry
+from lightning_async.callbacks import StalenessHistogram
 from lightning_async.errors import AsyncTrainingError, NonFiniteGradientError, WorkerDiedError, WorkerTimeoutError
 from lightning_async.strategy import AsyncAdaptiveStrategy
 

@@ -41,8 +41,6 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader, IterableDataset
 from typing_extensions import override
 
-from lightning_async._global_step import follow_global_progress, use_global_step_logging
-from lightning_async._progress import show_estimated_length
 from lightning_async._engine.base import Engine, Telemetry
 from lightning_async._engine.bound import (
     AUTO,
@@ -57,7 +55,9 @@ from lightning_async._engine.shared_memory import SharedMemoryEngine
 from lightning_async._engine.shm import remove_stale_runs, run_directory
 from lightning_async._engine_optimizer import EngineOptimizer, ordered_params
 from lightning_async._fetcher import fetch_ahead, use_just_in_time_fetcher
+from lightning_async._global_step import follow_global_progress, use_global_step_logging
 from lightning_async._live_collectives import LiveCollectives
+from lightning_async._progress import show_estimated_length
 from lightning_async._sampler import SharedCursorBatchSampler, dynamic_batch_loader_kwargs
 from lightning_async._schedulers import GlobalProgressScheduler
 

@@ -21,8 +21,8 @@ from accelerate.state import AcceleratorState, GradientState
 from torch import nn
 from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 
-from lightning_async.accelerate import AsyncTraining
 from lightning_async._engine.shm import pid_alive
+from lightning_async.accelerate import AsyncTraining
 from lightning_async.optim import AsyncAdam
 
 ROOT = Path(__file__).resolve().parents[1]

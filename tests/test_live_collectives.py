@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from lightning_async.errors import WorkerTimeoutError
 from lightning_async._live_collectives import LiveCollectives
+from lightning_async.errors import WorkerTimeoutError
 
 
 def _run_ranks(world: int, body, gone: set[int] = frozenset(), timeout: float = 5.0) -> dict[int, object]:

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from lightning_async.data import TextDataModule
-from lightning_async.data import corpora
+from lightning_async.data import TextDataModule, corpora
 from lightning_async.data.corpora import corpus_path, python_docs_text
 
 
