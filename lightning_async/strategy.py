@@ -26,6 +26,8 @@ import torch
 import torch.distributed as dist
 import torchmetrics
 from lightning.fabric.plugins import CheckpointIO, ClusterEnvironment
+from lightning.fabric.utilities.distributed import _init_dist_connection
+from lightning.fabric.utilities.seed import reset_seed
 from lightning.fabric.strategies.launchers.subprocess_script import _ChildProcessObserver
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.accelerators import Accelerator, CPUAccelerator
@@ -66,6 +68,9 @@ SUPPORTED_PRECISIONS = ("32-true", "32", "64-true", "64", "bf16-mixed", "bf16-tr
 ENGINES = ("shared_memory", "parameter_server")
 _STATE_KEY = "lightning_async"
 
+
+#: the least time the start-up rendezvous waits for every worker process to join, whatever ``timeout`` says
+STARTUP_TIMEOUT_SECONDS = 300.0
 
 class AsyncAdaptiveStrategy(DDPStrategy):
     """Train on N worker processes that apply their gradients asynchronously, with bounded staleness.
@@ -240,6 +245,27 @@ class AsyncAdaptiveStrategy(DDPStrategy):
             )
 
     # ------------------------------------------------------------------ setup
+    @override
+    def setup_distributed(self) -> None:
+        # the user's `timeout` bounds waits for peers that are running; the rendezvous waits for processes that are
+        # still starting (N interpreters importing Lightning on a busy machine take tens of seconds), so it gets
+        # STARTUP_TIMEOUT_SECONDS at least, and a short `timeout` never fails the launch with a rendezvous error
+        reset_seed()
+        self.set_world_ranks()
+        self._process_group_backend = self._get_process_group_backend()
+        env = self.cluster_environment
+        assert env is not None
+        if dist.is_initialized():
+            return
+        store = None
+        if env.world_size() > 1:
+            store = dist.TCPStore(
+                env.main_address, env.main_port, env.world_size(), is_master=env.global_rank() == 0,
+                timeout=timedelta(seconds=max(self.engine_timeout, STARTUP_TIMEOUT_SECONDS)), wait_for_workers=True,
+            )
+        _init_dist_connection(env, self._process_group_backend, timeout=self._timeout,
+                              **({"store": store} if store is not None else {}))
+
     @override
     def configure_ddp(self) -> None:
         # no DistributedDataParallel wrapper: only start every worker from rank 0's weights, as DDP would

@@ -165,8 +165,8 @@ def test_api_doc_covers_every_public_name() -> None:
     required = {
         "lightning_async",
         "lightning_async.optim",
-        "lightning_async._engine",
         "lightning_async.testing",
+        "lightning_async.cli",
         "lightning_async.callbacks",
         "lightning_async.accelerate",
         "lightning_async.models",
@@ -182,6 +182,8 @@ def test_api_doc_covers_every_public_name() -> None:
         if f"### `{module}.{name}`" not in text
     ]
     assert not missing, f"public names without an entry in docs/api.md: {missing}"
+    assert not any("._" in module for module in listed), "private modules are not part of the API reference"
+    assert "lightning_async._" not in text, "the API reference names a private module"
     # every submodule of lightning_async.sim is a public module of the package: it must be listed too
     import lightning_async.sim
 

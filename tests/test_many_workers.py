@@ -86,3 +86,14 @@ def test_more_workers_than_the_bound_admits_take_turns(tmp_path, engine, bound, 
         assert max(waiting) > 0  # the bound made someone wait its turn, and the run still completed
     assert _no_process_left(tmp_path)
     assert _shm_entries() <= before
+
+
+def test_a_short_timeout_does_not_fail_the_start_of_many_workers(tmp_path):
+    """Six interpreters importing Lightning on two cores take longer than `timeout=5` to meet at the rendezvous;
+    `timeout` bounds waits for running peers, and the rendezvous gets the start-up allowance instead."""
+    result = _run_script(tmp_path, "--devices", "6", "--samples", str(SAMPLES), "--epochs", "1", "--max-staleness",
+                         "auto", "--timeout", "5", timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "DistStoreError" not in result.stderr
+    _check_run(tmp_path, 6, [0], 10, "accumulate")
+    assert _no_process_left(tmp_path)

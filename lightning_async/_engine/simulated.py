@@ -137,8 +137,8 @@ class SimulatedEngine:
         overlap: ``"sum"`` or ``"average"``: the rule for tensors shared by several blocks.
         max_staleness: the bound K, or ``None`` for no bound.
         bound_policy: ``"accumulate"``, ``"wait"`` or ``"drop"``.
-        accumulate_reduction: under ``"accumulate"``, whether a pending update is the ``"sum"`` (default, as in the
-            bound policy's definition) or the ``"mean"`` of the gradients it accumulated.
+        accumulate_reduction: under ``"accumulate"``, whether a pending update is the ``"mean"`` (default, as both
+            real engines apply it) or the ``"sum"`` of the gradients it accumulated.
         seed: seeds the data, speed and block-selection streams (independent of one another).
         keep_records: keep one :class:`UpdateRecord` per block of each received update (turn off for long runs).
         max_non_finite: a worker whose gradient is non-finite this many times in a row raises ``RuntimeError``.
@@ -161,7 +161,7 @@ class SimulatedEngine:
         overlap: str = "sum",
         max_staleness: int | None = 0,
         bound_policy: str = "accumulate",
-        accumulate_reduction: str = "sum",
+        accumulate_reduction: str = "mean",
         seed: int = 0,
         keep_records: bool = True,
         max_non_finite: int = 3,

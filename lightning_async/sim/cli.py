@@ -103,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--speeds", type=_speeds, default="const:1", help="speed profile SPEC, see below (const:1)")
     g.add_argument("--max-staleness", type=_max_staleness, default=0, help="the bound K, or 'none' (0)")
     g.add_argument("--bound-policy", choices=BOUND_POLICIES, default="accumulate", help="(accumulate)")
-    g.add_argument("--accumulate-reduction", choices=("sum", "mean"), default="sum",
+    g.add_argument("--accumulate-reduction", choices=("sum", "mean"), default="mean",
                    help="accumulate: push the sum (default) or the mean of the accumulated gradients")
     g.add_argument("--blocks", default="tensor",
                    help="all | tensor | layer | groups 'a.weight,a.bias;b.weight' (may overlap) (tensor)")

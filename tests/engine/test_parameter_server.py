@@ -516,7 +516,7 @@ def test_torchrun_two_nodes_on_loopback(tmp_path):
 def test_the_owners_optimizer_never_steps_the_users_parameters_under_an_lr_scheduler():
     """An LR scheduler patches ``optimizer.step`` with a wrapper bound to the user's optimizer; an owner's copy must
     not inherit it (it stepped the worker's live local parameters from a server thread mid-backward)."""
-    from lightning_async._engine.parameter_server import _restricted_optimizer
+    from lightning_async._engine.ps_placement import _restricted_optimizer
 
     local = [torch.nn.Parameter(torch.ones(3))]
     optimizer = torch.optim.Adam(local, lr=0.1)
@@ -536,7 +536,7 @@ def _authority(max_staleness: int):
     from types import SimpleNamespace
 
     from lightning_async._engine.bound import StalenessBound
-    from lightning_async._engine.parameter_server import _Authority
+    from lightning_async._engine.ps_owner import _Authority
 
     params = [torch.nn.Parameter(torch.zeros(2))]
     engine = SimpleNamespace(
@@ -593,7 +593,7 @@ def test_pair_groups_are_made_by_their_two_ranks_in_one_global_order(monkeypatch
     """Each rank makes only the groups it is in (at most 2 (N - 1), linear in N), in the order of the pairs, so a
     group's two ranks always meet at it: the set-up of every rank, replayed in one thread, never waits on a group
     whose peer has not reached it yet."""
-    from lightning_async._engine import parameter_server as ps
+    from lightning_async._engine import ps_placement as ps
 
     made: dict[int, list[tuple[str, int]]] = {}
 

@@ -297,7 +297,7 @@ def test_optimizer_must_hold_the_model_parameters() -> None:
 
 def test_mean_reduction_divides_accumulated_gradients() -> None:
     a = engine(workers=8, policy="accumulate", k=1, speeds="linear:1:6", opt="sgd", accumulate_reduction="mean")
-    b = engine(workers=8, policy="accumulate", k=1, speeds="linear:1:6", opt="sgd")
+    b = engine(workers=8, policy="accumulate", k=1, speeds="linear:1:6", opt="sgd", accumulate_reduction="sum")
     a.run(50)
     b.run(50)
     assert a.counters.staleness_histogram == b.counters.staleness_histogram
