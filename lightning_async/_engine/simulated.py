@@ -43,8 +43,8 @@ from lightning_async._engine.records import (
     UpdateCounters,
     UpdateRecord,
 )
-from lightning_async.sim.blocks import OVERLAPS, BlockLayout, BlockSelector, BlocksSpec, make_blocks
-from lightning_async.sim.speeds import SpeedProfile
+from lightning_async._engine.blocks import OVERLAPS, BlockLayout, BlockSelector, BlocksSpec, make_blocks
+from lightning_async._engine.speeds import SpeedProfile
 
 LossFn = Callable[[nn.Module, Any], torch.Tensor]
 """``loss_fn(model, batch) -> scalar tensor``: the stochastic objective ``f(X, xi)`` on one batch."""
