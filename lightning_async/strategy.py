@@ -59,8 +59,8 @@ from lightning_async._engine_optimizer import EngineOptimizer, ordered_params
 from lightning_async._fetcher import fetch_ahead, use_just_in_time_fetcher
 from lightning_async._global_step import follow_global_progress, use_global_step_logging
 from lightning_async._live_collectives import LiveCollectives
-from lightning_async._progress import show_estimated_length
-from lightning_async._sampler import SharedCursorBatchSampler, dynamic_batch_loader_kwargs
+from lightning_async._progress import shared_cursor_sampler, show_estimated_length
+from lightning_async._sampler import dynamic_batch_loader_kwargs
 from lightning_async._schedulers import GlobalProgressScheduler
 
 #: precisions whose gradients reach ``optimizer.step`` unscaled and whose optimizer step is never skipped
@@ -490,10 +490,7 @@ class AsyncAdaptiveStrategy(DDPStrategy):
         return output
 
     def _uses_shared_cursor(self, trainer: Trainer) -> bool:
-        loader = trainer.fit_loop._combined_loader
-        return loader is not None and any(
-            isinstance(getattr(dl, "batch_sampler", None), SharedCursorBatchSampler) for dl in loader.flattened
-        )
+        return shared_cursor_sampler(trainer) is not None
 
     @override
     def training_step(self, *args: Any, **kwargs: Any) -> Any:

@@ -21,6 +21,8 @@ from typing import Any
 
 import torch
 
+from lightning_async.errors import NonFiniteGradientError
+
 #: per-worker integer counters, in the order they are stored
 COUNTERS: tuple[str, ...] = (
     "gradients",  # gradients computed by the worker (local steps)
@@ -121,6 +123,28 @@ class Telemetry:
 
 def _compact_histogram(hist: Sequence[int]) -> str:
     return "{" + ", ".join(f"{s}: {n}" for s, n in enumerate(hist) if n) + "}"
+
+
+class NonFiniteStreak:
+    """Counts a worker's non-finite gradients in a row and stops the run once there are too many."""
+
+    def __init__(self, worker: int) -> None:
+        self.worker = worker
+        self.count = 0
+
+    def record(self, finite: bool, step: int, limit: int) -> None:
+        """Note the verdict on the worker's gradient of ``step``; raise :class:`NonFiniteGradientError` once
+        ``limit`` gradients in a row were non-finite (the engine's ``max_consecutive_nonfinite``)."""
+        if finite:
+            self.count = 0
+            return
+        self.count += 1
+        if self.count >= limit:
+            raise NonFiniteGradientError(
+                f"worker {self.worker} produced non-finite gradients {self.count} times in a row (last at its step "
+                f"{step}); none reached the optimizer state. Lower the learning rate, clip gradients "
+                "(Trainer(gradient_clip_val=...)), or check the data, or raise max_consecutive_nonfinite."
+            )
 
 
 class Engine(ABC):

@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 
 from lightning_async._engine import ps_wire as wire
-from lightning_async._engine.base import Engine
+from lightning_async._engine.base import Engine, NonFiniteStreak
 from lightning_async._engine.bound import StalenessBound
 from lightning_async._engine.ps_client import PushPullClient
 from lightning_async._engine.ps_common import (
@@ -232,7 +232,7 @@ class ParameterServerEngine(OwnerServing, PushPullClient, Engine):
         self._pending_count = {o: 0 for o in owners}
         self._pending_samples = {o: 0 for o in owners}
         self._owner_versions = {o: 0 for o in owners}
-        self._nonfinite_streak = 0
+        self._nonfinite = NonFiniteStreak(self.worker)
         self._local_step = 0
         self._gradients = 0
         self._wait_seconds = 0.0

@@ -20,7 +20,7 @@ from lightning_async._engine.ps_common import (
 from lightning_async._engine.ps_threads import (
     _Posted,
 )
-from lightning_async.errors import AsyncTrainingError, NonFiniteGradientError, WorkerDiedError, WorkerTimeoutError
+from lightning_async.errors import AsyncTrainingError, WorkerDiedError, WorkerTimeoutError
 
 if TYPE_CHECKING:
     pass
@@ -389,17 +389,8 @@ class PushPullClient:
         grads = [q.grad for q in local_params]
         finite = all_finite(grads)
         verdicts = self._push_all(local_params, grads, samples, finite=finite, must_apply=False)
-        if not finite or "rejected_nonfinite" in verdicts.values():
-            self._nonfinite_streak += 1
-            if self._nonfinite_streak >= self.max_consecutive_nonfinite:
-                raise NonFiniteGradientError(
-                    f"worker {self.worker} produced non-finite gradients {self._nonfinite_streak} times in a row "
-                    f"(last at its step {self._local_step}); none reached the optimizer state. Lower the learning "
-                    "rate, clip gradients (Trainer(gradient_clip_val=...)), or check the data, or raise "
-                    "max_consecutive_nonfinite."
-                )
-        else:
-            self._nonfinite_streak = 0
+        accepted = finite and "rejected_nonfinite" not in verdicts.values()
+        self._nonfinite.record(accepted, self._local_step, self.max_consecutive_nonfinite)
         if {"applied", "sent"} & set(verdicts.values()):
             # the user's optimizer never steps (its owners' copies do): tell an LR scheduler watching it that an
             # update was made, as torch's own step wrapper would (else it warns that the scheduler stepped first)

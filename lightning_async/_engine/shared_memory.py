@@ -39,10 +39,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from lightning_async._engine.base import COUNTERS, TIMERS, Engine, Telemetry, all_finite, is_async_optimizer
+from lightning_async._engine.base import (
+    COUNTERS,
+    TIMERS,
+    Engine,
+    NonFiniteStreak,
+    Telemetry,
+    all_finite,
+    is_async_optimizer,
+)
 from lightning_async._engine.bound import StalenessBound, is_feasible
 from lightning_async._engine.shm import FileLock, map_array, map_tensor, pid_alive
-from lightning_async.errors import NonFiniteGradientError, WorkerDiedError, WorkerTimeoutError
+from lightning_async.errors import WorkerDiedError, WorkerTimeoutError
 
 _HEADER = 16
 _H_RESERVED, _H_PAUSED, _H_CURSOR = 0, 1, 4  # cursor: 2 slots of (epoch tag, next batch)
@@ -134,7 +142,7 @@ class SharedMemoryEngine(Engine):
         self._pending: list[torch.Tensor | None] | None = None
         self._pending_count = 0
         self._pending_samples = 0
-        self._nonfinite_streak = 0
+        self._nonfinite = NonFiniteStreak(self.worker)
         self._local_step = 0
         self._c = {name: i for i, name in enumerate(COUNTERS)}
         self._t = {name: i for i, name in enumerate(TIMERS)}
@@ -208,17 +216,10 @@ class SharedMemoryEngine(Engine):
         if not all_finite(grads):
             self._count("received")
             self._count("rejected_nonfinite")
-            self._nonfinite_streak += 1
-            if self._nonfinite_streak >= self.max_consecutive_nonfinite:
-                raise NonFiniteGradientError(
-                    f"worker {self.worker} produced non-finite gradients {self._nonfinite_streak} times in a row "
-                    f"(last at its step {self._local_step}); none reached the optimizer state. Lower the learning "
-                    "rate, clip gradients (Trainer(gradient_clip_val=...)), or check the data, or raise "
-                    "max_consecutive_nonfinite."
-                )
+            self._nonfinite.record(False, self._local_step, self.max_consecutive_nonfinite)
             self._busy(start)
             return "rejected_nonfinite"
-        self._nonfinite_streak = 0
+        self._nonfinite.record(True, self._local_step, self.max_consecutive_nonfinite)
         self._add_pending(grads, samples)
         verdict = self._offer()
         self._busy(start)

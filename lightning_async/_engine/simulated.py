@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from lightning_async._engine.blocks import OVERLAPS, BlockLayout, BlockSelector, BlocksSpec, make_blocks
 from lightning_async._engine.bound import StalenessBound
 from lightning_async._engine.records import (
     APPLIED,
@@ -43,7 +44,6 @@ from lightning_async._engine.records import (
     UpdateCounters,
     UpdateRecord,
 )
-from lightning_async._engine.blocks import OVERLAPS, BlockLayout, BlockSelector, BlocksSpec, make_blocks
 from lightning_async._engine.speeds import SpeedProfile
 
 LossFn = Callable[[nn.Module, Any], torch.Tensor]
