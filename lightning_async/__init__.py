@@ -9,7 +9,13 @@ from lightning.pytorch.strategies import StrategyRegistry
 
 from lightning_async._engine.base import Telemetry
 from lightning_async.callbacks import StalenessHistogram
-from lightning_async.errors import AsyncTrainingError, NonFiniteGradientError, WorkerDiedError, WorkerTimeoutError
+from lightning_async.errors import (
+    AsyncTrainingError,
+    NonFiniteGradientError,
+    RunAbortedError,
+    WorkerDiedError,
+    WorkerTimeoutError,
+)
 from lightning_async.strategy import AsyncAdaptiveStrategy
 
 __version__ = "0.1.0"
@@ -40,6 +46,7 @@ __all__ = [
     "StalenessHistogram",
     "AsyncTrainingError",
     "NonFiniteGradientError",
+    "RunAbortedError",
     "Telemetry",
     "WorkerDiedError",
     "WorkerTimeoutError",

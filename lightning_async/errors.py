@@ -13,5 +13,9 @@ class WorkerDiedError(AsyncTrainingError):
     """A peer worker process is no longer running."""
 
 
+class RunAbortedError(AsyncTrainingError):
+    """Another worker stopped the run after an error of its own (named in the message)."""
+
+
 class NonFiniteGradientError(AsyncTrainingError, FloatingPointError):
     """A worker produced non-finite gradients too many times in a row."""

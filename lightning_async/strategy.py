@@ -60,8 +60,10 @@ from lightning_async._fetcher import fetch_ahead, use_just_in_time_fetcher
 from lightning_async._global_step import follow_global_progress, use_global_step_logging
 from lightning_async._live_collectives import LiveCollectives
 from lightning_async._progress import shared_cursor_sampler, show_estimated_length
+from lightning_async._rendezvous import create_store, keep_gloo_on_loopback
 from lightning_async._sampler import dynamic_batch_loader_kwargs
 from lightning_async._schedulers import GlobalProgressScheduler
+from lightning_async.errors import RunAbortedError
 
 #: precisions whose gradients reach ``optimizer.step`` unscaled and whose optimizer step is never skipped
 SUPPORTED_PRECISIONS = ("32-true", "32", "64-true", "64", "bf16-mixed", "bf16-true", "bf16")
@@ -71,6 +73,9 @@ _STATE_KEY = "lightning_async"
 
 #: the least time the start-up rendezvous waits for every worker process to join, whatever ``timeout`` says
 STARTUP_TIMEOUT_SECONDS = 300.0
+#: after a failure whose cause is known, how long worker 0 waits for the others to stop before it removes the run's
+#: shared memory: each notices the failure at its next step or wait, so this does not depend on ``timeout``
+ABORT_GRACE_SECONDS = 10.0
 
 class AsyncAdaptiveStrategy(DDPStrategy):
     """Train on N worker processes that apply their gradients asynchronously, with bounded staleness.
@@ -82,8 +87,9 @@ class AsyncAdaptiveStrategy(DDPStrategy):
 
     Args:
         max_staleness: the bound K on staleness, ``"auto"`` (default) for ``2 * (workers - 1)`` (``2 * workers``
-            when the parameter-server engine may overlap pushes), or ``None`` for no bound. At most K + 1 workers compute at once, so with K < workers - 1 some always wait (a warning
-            says so); ``"auto"`` leaves room for per-step jitter, see docs/concepts.md.
+            when the parameter-server engine may overlap pushes), or ``None`` for no bound. At most K + 1 workers
+            compute at once, so with K < workers - 1 some always wait (a warning says so); ``"auto"`` leaves room
+            for per-step jitter, see docs/concepts.md.
         bound_policy: what a worker does when applying its update now would break the bound:
             ``"accumulate"`` (default: keep computing on the same parameters and sum gradients until it may
             apply; no work is lost and no worker idles), ``"wait"`` (idle until it may apply), or ``"drop"``
@@ -259,10 +265,9 @@ class AsyncAdaptiveStrategy(DDPStrategy):
             return
         store = None
         if env.world_size() > 1:
-            store = dist.TCPStore(
-                env.main_address, env.main_port, env.world_size(), is_master=env.global_rank() == 0,
-                timeout=timedelta(seconds=max(self.engine_timeout, STARTUP_TIMEOUT_SECONDS)), wait_for_workers=True,
-            )
+            keep_gloo_on_loopback(self.num_nodes, env.main_address)
+            timeout = timedelta(seconds=max(self.engine_timeout, STARTUP_TIMEOUT_SECONDS))
+            store = create_store(env.main_address, env.main_port, env.world_size(), env.global_rank(), timeout)
         _init_dist_connection(env, self._process_group_backend, timeout=self._timeout,
                               **({"store": store} if store is not None else {}))
 
@@ -277,6 +282,11 @@ class AsyncAdaptiveStrategy(DDPStrategy):
         if trainer.state.fn == TrainerFn.FITTING:
             self._validate_trainer(trainer)
         super().setup(trainer)
+        # Lightning's SIGTERM handler broadcasts from rank 0 inside the signal handler, a collective that only
+        # lockstep peers would meet: a signalled asynchronous worker would hang in it, or fail on a dead peer.
+        # Each worker records its own SIGTERM instead (registered after setup, so this instance attribute is used)
+        connector = trainer._signal_connector
+        connector._sigterm_notifier_fn = partial(_notify_sigterm_locally, connector)  # type: ignore[method-assign]
         if trainer.state.fn == TrainerFn.FITTING:
             # first among the callbacks: theirs then see the epoch's end and the refreshed parameters
             trainer.callbacks.insert(0, _EngineLifecycle(self))
@@ -346,7 +356,9 @@ class AsyncAdaptiveStrategy(DDPStrategy):
                 "computed earlier. Use a first-order optimizer (e.g. lightning_async.optim.AsyncAdam)."
             )
         self._local_params = ordered_params(optimizer)
-        may_overlap = self.engine_name == "parameter_server" and self.overlap is not False and self.bound_policy != "wait"
+        may_overlap = (
+            self.engine_name == "parameter_server" and self.overlap is not False and self.bound_policy != "wait"
+        )
         self.resolved_max_staleness = resolve_max_staleness(self.max_staleness, self.world_size, overlap=may_overlap)
         warning = idle_warning(self.resolved_max_staleness, self.world_size, self.bound_policy, overlap=may_overlap)
         if warning is not None:
@@ -354,6 +366,10 @@ class AsyncAdaptiveStrategy(DDPStrategy):
         start = time.perf_counter()
         self.engine = self._create_engine(optimizer)
         self.engine_setup_seconds = time.perf_counter() - start
+        if isinstance(self.engine, SharedMemoryEngine):
+            # a SIGTERM (torchrun stopping the run, a scheduler's preemption) ends a wait at once, not after timeout
+            self.engine.interrupt = partial(_raise_on_local_sigterm, trainer)
+        self._watch_children()
         self.optimizers = [EngineOptimizer(optimizer, self.engine, self._local_params, self._take_samples)]
         for config in self.lr_scheduler_configs:
             if config.interval == "step" and config.monitor is None:
@@ -408,13 +424,25 @@ class AsyncAdaptiveStrategy(DDPStrategy):
         for module in self.lightning_module.modules() if self.lightning_module is not None else ():
             if isinstance(module, torchmetrics.Metric):
                 module.dist_sync_fn = self._live.gather_tensors
+        self._watch_children(tolerated=set(range(self.world_size)) - set(engine.owner_ranks))
+
+    def _watch_children(self, tolerated: set[int] | None = None) -> None:
+        """Under Lightning's popen launcher (rank 0 of each node watches its node's other workers): name a worker
+        whose process exits with an error, and remove the shared-memory run directory before the launcher's
+        observer kills every process of the node (itself included, so no teardown would remove it). Workers in
+        ``tolerated`` (pure workers under ``on_worker_failure="continue"``) may exit without stopping the others."""
         observer = next((t for t in threading.enumerate() if isinstance(t, _ChildProcessObserver)), None)
         launcher = self._launcher
-        if observer is not None and isinstance(launcher, _SubprocessScriptLauncher):
-            first = self.node_rank * self.num_processes
-            observer.__class__ = _TolerantObserver
-            observer._ranks = {p.pid: first + i + 1 for i, p in enumerate(launcher.procs)}  # type: ignore[attr-defined]
-            observer._owners = set(engine.owner_ranks)  # type: ignore[attr-defined]
+        if observer is None or not isinstance(launcher, _SubprocessScriptLauncher):
+            return
+        first = self.node_rank * self.num_processes
+        observer.__class__ = _RunObserver
+        observer._ranks = {p.pid: first + i + 1 for i, p in enumerate(launcher.procs)}  # type: ignore[attr-defined]
+        if tolerated is not None:
+            observer._tolerated = tolerated  # type: ignore[attr-defined]
+        engine = self.engine
+        if isinstance(engine, SharedMemoryEngine):
+            observer._before_kill = partial(shutil.rmtree, engine.directory, ignore_errors=True)  # type: ignore[attr-defined]
 
     # ------------------------------------------------------------------ collectives
     @override
@@ -559,15 +587,22 @@ class AsyncAdaptiveStrategy(DDPStrategy):
         # Lightning kills popen children only on KeyboardInterrupt; an asynchronous peer would otherwise keep
         # training (or stay hung) after rank 0 failed. Nothing is left running.
         self._failure = exception
-        launcher = self._launcher
-        if isinstance(launcher, _SubprocessScriptLauncher) and self.is_global_zero and launcher.procs:
+        if isinstance(self.engine, SharedMemoryEngine):
+            # tell the peers now, in shared memory: each stops at its next step or wait naming this worker and the
+            # cause (under torchrun nothing else would stop them before their own timeout)
+            with contextlib.suppress(Exception):
+                self.engine.abort(_describe_failure(exception))
+        if self.is_global_zero or not isinstance(exception, RunAbortedError):  # else the worker it names says why
             peers = f" Peers: {self.engine.describe_peers()}." if self.engine is not None else ""
-            reason = str(exception).rstrip()
+            reason = _describe_failure(exception).rstrip()
             reason += "" if reason.endswith((".", "!", "?")) else "."
             print(
-                f"lightning_async: worker 0 stops the run: {type(exception).__name__}: {reason}{peers}",
+                f"lightning_async: worker {self.global_rank} stops the run: {reason}{peers}",
                 file=sys.stderr,
+                flush=True,
             )
+        launcher = self._launcher
+        if isinstance(launcher, _SubprocessScriptLauncher) and self.is_global_zero and launcher.procs:
             # Lightning's observer would SIGKILL this process too once it sees the killed peers, before the
             # traceback is printed: retire it, the peers are being stopped here
             for thread in threading.enumerate():
@@ -584,14 +619,20 @@ class AsyncAdaptiveStrategy(DDPStrategy):
         engine, self.engine = self.engine, None
         failure, self._failure = self._failure, None
         if engine is not None:
-            if failure is not None and isinstance(engine, ParameterServerEngine):
-                # a normal close serves the peers until they close too; after a failure here that would keep this
-                # process (and its error, printed only after teardown) silent while the peers wait on it
-                engine.abort(f"{type(failure).__name__}: {failure}")
-            engine.close()
-            if self.is_global_zero and isinstance(engine, SharedMemoryEngine):
-                engine.wait_for_workers(self.engine_timeout)
-                shutil.rmtree(engine.directory, ignore_errors=True)
+            if failure is not None:
+                # a normal close of the parameter server serves the peers until they close too; after a failure
+                # here that would keep this process (and its error, printed only after teardown) silent while the
+                # peers wait on it. The shared-memory peers are told to stop in on_exception already.
+                engine.abort(_describe_failure(failure))
+            if isinstance(engine, SharedMemoryEngine):
+                if self.is_global_zero:
+                    # the others may still read the shared state until they stop: at the end of a fit they are
+                    # done already (on_train_end waited for them); after a failure they stop within their next step
+                    wait = ABORT_GRACE_SECONDS if failure is not None else self.engine_timeout
+                    engine.wait_for_workers(wait, raise_on_failure=False)
+                engine.leave()  # the last worker out removes the run's directory
+            else:
+                engine.close()
         if failure is None and not any(t.name.startswith("lasync-") for t in threading.enumerate()):
             _destroy_process_groups_at_exit()
         self.optimizers = [o.optimizer if isinstance(o, EngineOptimizer) else o for o in self.optimizers]
@@ -619,23 +660,36 @@ def _destroy_process_groups() -> None:
         dist.destroy_process_group()
 
 
-class _TolerantObserver(_ChildProcessObserver):
-    """Lightning's observer of the popen children, except that a pure worker (no blocks) may exit with an error:
-    ``on_worker_failure="continue"``. The death of an owner still terminates every process, as upstream."""
+class _RunObserver(_ChildProcessObserver):
+    """Lightning's observer of the popen children (it polls every 5 s and, when one exits with an error, SIGKILLs
+    every process of the node), except that it names the worker that exited, removes the run's shared memory first,
+    and lets a tolerated worker (a pure worker under ``on_worker_failure="continue"``) exit alone."""
 
     _ranks: dict[int, int]
-    _owners: set[int]
+    _tolerated: set[int] = set()
+    _before_kill: Any = None
 
     @override
     def _run(self) -> bool:
         for proc in list(self._child_processes):
-            if proc.poll() and self._ranks.get(proc.pid) not in self._owners:
+            rank = self._ranks.get(proc.pid)
+            if proc.poll() and rank in self._tolerated:
                 print(
-                    f"lightning_async: worker {self._ranks.get(proc.pid)} (pid {proc.pid}) exited with code "
-                    f"{proc.returncode}; the other workers carry on (on_worker_failure='continue').",
+                    f"lightning_async: worker {rank} (pid {proc.pid}) exited with code {proc.returncode}; the other "
+                    "workers carry on (on_worker_failure='continue').",
                     file=sys.stderr,
                 )
                 self._child_processes.remove(proc)
+        failed = next((p for p in self._child_processes if p.poll()), None)
+        if failed is not None:
+            print(
+                f"lightning_async: worker {self._ranks.get(failed.pid)} (pid {failed.pid}) exited with code "
+                f"{failed.returncode}; stopping every worker of the run.",
+                file=sys.stderr,
+                flush=True,
+            )
+            if self._before_kill is not None:
+                self._before_kill()
         return super()._run()
 
 
@@ -714,6 +768,24 @@ class _EngineLifecycle(Callback):
             self._log(trainer)
             if self.strategy.print_summary:
                 rank_zero_info(telemetry.summary())
+
+
+def _describe_failure(exception: BaseException) -> str:
+    if isinstance(exception, SIGTERMException):
+        return "SIGTERMException: the worker received SIGTERM"
+    return f"{type(exception).__name__}: {str(exception).strip()}"
+
+
+def _notify_sigterm_locally(connector: Any, signum: Any, frame: Any) -> None:
+    """Lightning's SIGTERM notifier without its broadcast: stop the launched children, remember the signal."""
+    del frame
+    if not connector.received_sigterm:
+        print(f"lightning_async: worker {connector.trainer.global_rank} received SIGTERM; it stops the run.",
+              file=sys.stderr, flush=True)
+        launcher = connector.trainer.strategy.launcher
+        if launcher is not None:
+            launcher.kill(signum)
+    connector.received_sigterm = True
 
 
 def _raise_on_local_sigterm(trainer: Trainer) -> None:

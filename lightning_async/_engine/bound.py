@@ -78,10 +78,10 @@ def idle_warning(max_staleness: int | None, num_workers: int, bound_policy: str,
     idle = num_workers - (max_staleness + 1)
     return (
         f"max_staleness={max_staleness} with {num_workers} workers: at most {max_staleness + 1} workers can compute "
-        f"at once (each holds a read the bound must honour), so about {idle} of {num_workers} wait for the bound at every step "
-        f"(up to {100 * idle / num_workers:.0f}% of the run's compute). Use max_staleness='auto' "
-        f"({auto_max_staleness(num_workers, overlap)} here) or at least {num_workers - 1}, unless you want fresher updates "
-        "at the cost of throughput."
+        f"at once (each holds a read the bound must honour), so about {idle} of {num_workers} wait for the bound at "
+        f"every step (up to {100 * idle / num_workers:.0f}% of the run's compute). Use max_staleness='auto' "
+        f"({auto_max_staleness(num_workers, overlap)} here) or at least {num_workers - 1}, unless you want fresher "
+        "updates at the cost of throughput."
     )
 
 

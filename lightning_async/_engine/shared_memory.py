@@ -28,10 +28,12 @@ them, which then runs under a lock so that exactly one worker creates each param
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -49,14 +51,24 @@ from lightning_async._engine.base import (
     is_async_optimizer,
 )
 from lightning_async._engine.bound import StalenessBound, is_feasible
-from lightning_async._engine.shm import FileLock, map_array, map_tensor, pid_alive
-from lightning_async.errors import WorkerDiedError, WorkerTimeoutError
+from lightning_async._engine.shm import (
+    FileLock,
+    make_private_directory,
+    map_array,
+    map_tensor,
+    pid_alive,
+    write_private_text,
+)
+from lightning_async.errors import RunAbortedError, WorkerDiedError, WorkerTimeoutError
 
 _HEADER = 16
-_H_RESERVED, _H_PAUSED, _H_CURSOR = 0, 1, 4  # cursor: 2 slots of (epoch tag, next batch)
+_H_RESERVED, _H_PAUSED, _H_ABORT, _H_CURSOR = 0, 1, 2, 4  # cursor: 2 slots of (epoch tag, next batch)
 _IDLE = -1
-_RUNNING, _FINISHED = 1, 2
+_RUNNING, _FINISHED, _FAILED, _LEFT = 1, 2, 3, 4
+_STATUS_NAMES = {0: "not started", _RUNNING: "running", _FINISHED: "finished", _FAILED: "failed", _LEFT: "left"}
 _UNBOUNDED_BINS = 64
+#: seconds between two checks that the other workers' processes are alive (a few ``kill(pid, 0)`` calls)
+LIVENESS_INTERVAL = 0.5
 
 
 class SharedMemoryEngine(Engine):
@@ -114,8 +126,8 @@ class SharedMemoryEngine(Engine):
         ctrl_len = _HEADER + 4 * p + 2 * n
         d = self.directory
         if create:
-            d.mkdir(parents=True, exist_ok=True)
-            (d / "owner").write_text(str(os.getpid()))
+            make_private_directory(d)  # 0700: the model and optimizer state are nobody else's to read
+            write_private_text(d / "owner", str(os.getpid()))
         self.ctrl = map_array(d / "control.bin", (ctrl_len,), np.int64, create=create)
         self.counts = map_array(d / "counters.bin", (p, len(COUNTERS)), np.int64, create=create)
         self.hist = map_array(d / "histogram.bin", (p, self._bins), np.int64, create=create)
@@ -144,6 +156,9 @@ class SharedMemoryEngine(Engine):
         self._pending_samples = 0
         self._nonfinite = NonFiniteStreak(self.worker)
         self._local_step = 0
+        self._next_liveness_check = 0.0
+        #: called in every bounded wait; may raise to end it (the strategy raises on a SIGTERM received meanwhile)
+        self.interrupt: Callable[[], None] | None = None
         self._c = {name: i for i, name in enumerate(COUNTERS)}
         self._t = {name: i for i, name in enumerate(TIMERS)}
 
@@ -192,6 +207,9 @@ class SharedMemoryEngine(Engine):
     # ------------------------------------------------------------------ the worker's step
     def begin_step(self, local_params: Sequence[torch.Tensor]) -> None:
         self._set_timer("heartbeat", time.time())
+        # every step, not only inside waits: under "accumulate" a worker may never wait, and must still stop when a
+        # peer failed or died (the coordinator included)
+        self.check_peers()
         if self._read is not None:
             return  # holding a read: keep computing on the same parameters (accumulate, or accumulate_grad_batches)
         read = self._wait_until(self._try_read, "take a read")
@@ -335,6 +353,10 @@ class SharedMemoryEngine(Engine):
             self._read = None
 
     def end_epoch(self, local_params: Sequence[torch.Tensor]) -> None:
+        # before the epoch-end collectives (metric sync, checkpoints), which a dead peer would fail with a bare
+        # "Connection closed by peer"; a short epoch can end between two liveness checks
+        self._next_liveness_check = 0.0
+        self.check_peers()
         if self._pending is not None:
             start = time.perf_counter()
             reserved = self._wait_until(self._try_reserve, "apply the deferred update at the end of the epoch")
@@ -373,8 +395,10 @@ class SharedMemoryEngine(Engine):
             if value is not None:
                 self.timers[self.worker, self._t["wait_seconds"]] += now - start
                 return value
+            self.check_peers()
+            if self.interrupt is not None:
+                self.interrupt()
             if now >= next_check:
-                self._check_peers()
                 self._set_timer("heartbeat", time.time())
                 next_check = now + 1.0
             if now - start > self.timeout:
@@ -384,37 +408,111 @@ class SharedMemoryEngine(Engine):
                     "max_staleness."
                 )
 
-    def _check_peers(self) -> None:
+    def check_peers(self) -> None:
+        """Raise if another worker stopped the run (:class:`RunAbortedError`) or died while training
+        (:class:`WorkerDiedError`). The first is one read of shared memory; process liveness is checked at most
+        every :data:`LIVENESS_INTERVAL` seconds."""
+        culprit = int(self.ctrl[_H_ABORT]) - 1
+        if culprit >= 0 and culprit != self.worker:
+            raise RunAbortedError(
+                f"worker {culprit} stopped the run ({self._abort_reason(culprit)}); worker {self.worker} stops too."
+            )
+        now = time.monotonic()
+        if now < self._next_liveness_check:
+            return
+        self._next_liveness_check = now + LIVENESS_INTERVAL
+        dead = self._dead_peer()
+        if dead is not None:
+            raise WorkerDiedError(
+                f"{self._describe_death(dead)}; worker {self.worker} stops too. Resume with "
+                "Trainer.fit(..., ckpt_path='last')."
+            )
+
+    def _dead_peer(self) -> int | None:
         pids, status = self._view("pid"), self._view("status")
         for w in range(self.num_workers):
             if w != self.worker and status[w] == _RUNNING and pids[w] > 0 and not pid_alive(int(pids[w])):
-                raise WorkerDiedError(
-                    f"worker {w} (pid {int(pids[w])}) is no longer running; worker {self.worker} stops too. "
-                    "Resume with Trainer.fit(..., ckpt_path='last')."
-                )
+                return w
+        return None
 
-    def wait_for_workers(self, timeout: float) -> bool:
-        """Bounded wait until no other worker is still training (finished, or its process is gone)."""
+    def _describe_death(self, w: int) -> str:
+        beat = float(self.timers[w, self._t["heartbeat"]])
+        seen = f", last progress {time.time() - beat:.1f}s ago" if beat else ""
+        gradients = int(self.counts[w, self._c["gradients"]])
+        return f"worker {w} (pid {int(self._view('pid')[w])}) died after {gradients} gradients{seen}"
+
+    def _abort_reason(self, w: int) -> str:
+        try:
+            return (self.directory / f"abort{w}.txt").read_text().strip() or "no reason recorded"
+        except OSError:
+            return "no reason recorded"
+
+    def abort(self, reason: str) -> None:
+        """Stop the run after a failure of this worker: each peer raises :class:`RunAbortedError` naming this worker
+        and ``reason`` at its next step or wait. The first worker to abort is the one named. Idempotent."""
+        with contextlib.suppress(OSError):  # the directory is gone (the run is over): nobody is left to tell
+            write_private_text(self.directory / f"abort{self.worker}.txt", reason)
+        with self.lock.hold():
+            self._view("status")[self.worker] = _FAILED
+            if self.ctrl[_H_ABORT] == 0:
+                self.ctrl[_H_ABORT] = self.worker + 1
+
+    def leave(self) -> bool:
+        """Mark this worker gone for good and remove the run's directory if no other worker process still uses it
+        (whoever leaves last removes it, so it goes even when the coordinator was killed). ``True`` if removed."""
+        with self.lock.hold():
+            self._view("status")[self.worker] = _LEFT
+            status, pids = self._view("status"), self._view("pid")
+            last = all(
+                w == self.worker or status[w] == _LEFT or not (pids[w] > 0 and pid_alive(int(pids[w])))
+                for w in range(self.num_workers)
+            )
+        self.close()
+        if last:
+            shutil.rmtree(self.directory, ignore_errors=True)  # peers' mappings stay valid after the unlink
+        return last
+
+    def wait_for_workers(self, timeout: float, *, raise_on_failure: bool = True) -> bool:
+        """Bounded wait until no other worker is still training; ``True`` if none is.
+
+        With ``raise_on_failure`` (the end of a successful fit), a peer that failed or died instead of finishing
+        raises as in :meth:`check_peers`; without it (cleaning up after a failure), a failed or dead peer counts as
+        done.
+        """
         deadline = time.monotonic() + timeout
         status, pids = self._view("status"), self._view("pid")
-        while time.monotonic() < deadline:
-            if all(s != _RUNNING or (p > 0 and not pid_alive(int(p))) for s, p in zip(status, pids)):
+        while True:
+            if raise_on_failure:
+                self._next_liveness_check = 0.0
+                self.check_peers()
+            if all(
+                w == self.worker or status[w] != _RUNNING or (pids[w] > 0 and not pid_alive(int(pids[w])))
+                for w in range(self.num_workers)
+            ):
                 return True
+            if time.monotonic() >= deadline:
+                return False
+            if self.interrupt is not None:
+                self.interrupt()
             time.sleep(0.01)
-        return False
 
     def describe_peers(self) -> str:
         """One line per other worker: its status, when it last made progress, and the read it holds."""
-        names = {0: "not started", _RUNNING: "running", _FINISHED: "finished"}
-        now, reads, status = time.time(), self._view("reads"), self._view("status")
+        now, reads, status, pids = time.time(), self._view("reads"), self._view("status"), self._view("pid")
         lines = []
         for w in range(self.num_workers):
             if w == self.worker:
                 continue
+            if status[w] == _RUNNING and pids[w] > 0 and not pid_alive(int(pids[w])):
+                lines.append(self._describe_death(w))
+                continue
+            if status[w] in (_FAILED, _LEFT) and (self.directory / f"abort{w}.txt").exists():
+                lines.append(f"worker {w}: failed ({self._abort_reason(w)})")
+                continue
             beat = self.timers[w, self._t["heartbeat"]]
             seen = f"last progress {now - beat:.1f}s ago" if beat else "no progress yet"
             read = f"holds read version {int(reads[w])}" if reads[w] != _IDLE else "holds no read"
-            lines.append(f"worker {w}: {names.get(int(status[w]), '?')}, {seen}, {read}")
+            lines.append(f"worker {w}: {_STATUS_NAMES.get(int(status[w]), '?')}, {seen}, {read}")
         return "; ".join(lines)
 
     def _blame(self) -> str:

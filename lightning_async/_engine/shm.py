@@ -42,13 +42,41 @@ def remove_stale_runs(root: Path | None = None) -> None:
 
 
 def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` is running. A zombie (dead, not yet reaped by its parent: a worker killed under
+    Lightning's launcher stays one until the launcher polls) counts as dead."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            # "pid (comm) state ...": comm may hold spaces and parentheses, the state follows the last ')'
+            return f.read().rpartition(b")")[2].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return True
+
+
+def make_private_directory(path: Path) -> None:
+    """Create ``path`` readable by its owner only (0700), whatever the umask."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(path, 0o700)
+
+
+def write_private_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path``, created 0600."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+
+
+def _create_private_file(path: Path, nbytes: int) -> None:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.ftruncate(fd, nbytes)
+    finally:
+        os.close(fd)
 
 
 def map_tensor(path: Path, shape: tuple[int, ...], dtype: torch.dtype, create: bool = False) -> torch.Tensor:
@@ -57,17 +85,16 @@ def map_tensor(path: Path, shape: tuple[int, ...], dtype: torch.dtype, create: b
     for size in shape:
         numel *= size
     if create:
-        nbytes = max(numel, 1) * torch.empty((), dtype=dtype).element_size()
-        with open(path, "wb") as f:
-            f.truncate(nbytes)
+        _create_private_file(path, max(numel, 1) * torch.empty((), dtype=dtype).element_size())
     flat = torch.from_file(str(path), shared=True, size=max(numel, 1), dtype=dtype)
     return flat[:numel].view(shape)
 
 
 def map_array(path: Path, shape: tuple[int, ...], dtype: type, create: bool = False) -> np.ndarray:
     """Map a small shared numpy array (control words, counters): cheaper than tensors for scalar access."""
-    mode = "w+" if create else "r+"
-    return np.memmap(path, dtype=dtype, mode=mode, shape=shape)
+    if create:
+        _create_private_file(path, int(np.prod(shape)) * np.dtype(dtype).itemsize)
+    return np.memmap(path, dtype=dtype, mode="r+", shape=shape)
 
 
 class FileLock:

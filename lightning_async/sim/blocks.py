@@ -13,4 +13,13 @@ from lightning_async._engine.blocks import (
 )
 
 __doc__ = _implementation.__doc__
-__all__ = ["BLOCK_SCHEMES", "OVERLAPS", "SELECTIONS", "BlockLayout", "BlockSelector", "BlocksSpec", "make_blocks", "parse_block_groups"]
+__all__ = [
+    "BLOCK_SCHEMES",
+    "OVERLAPS",
+    "SELECTIONS",
+    "BlockLayout",
+    "BlockSelector",
+    "BlocksSpec",
+    "make_blocks",
+    "parse_block_groups",
+]
