@@ -2,14 +2,16 @@
 
 For each N and each candidate K, N virtual workers of equal mean speed with per-step noise (``const:1+lognormal:S``,
 and optionally one worker F times slower) train the simulator's non-convex ``mlp`` problem with Adam for a fixed
-virtual time, under ``bound_policy="accumulate"`` (held-back gradients averaged, as both real engines do). Printed per (N, K), as medians over seeds:
+virtual time, under ``bound_policy="accumulate"`` (held-back gradients averaged, as both real engines do). Printed
+per (N, K), as medians over seeds:
 
 * ``idle``: the fraction of worker time spent waiting for the bound (``wait_time / (N * virtual_time)``);
 * ``grads/t``: gradients computed per unit of virtual time, relative to the unbounded run of the same N (1.0 = no
   compute lost to the bound);
 * ``upd/grad``: applied updates per computed gradient (below 1 when ``accumulate`` sums gradients);
 * ``stale``: the mean staleness of the applied updates;
-* ``F``: the objective averaged over the last tenth of the run, relative to the best K of the same N (lower is better, 1.0 = best).
+* ``F``: the objective averaged over the last tenth of the run, relative to the best K of the same N (lower is
+  better, 1.0 = best).
 
 Usage::
 

@@ -10,16 +10,18 @@ waited for.
 
 Every rank calls the same collectives in the same order (as with torch.distributed), so the ``n``-th call of each
 rank meets the ``n``-th call of the others. Tensors travel as raw bytes behind a JSON header (dtype, shape);
-``broadcast`` sends JSON when the object is plain data (what Lightning broadcasts: paths, numbers, flags) and
-pickles anything else, as ``torch.distributed.broadcast_object_list`` always does.
+``broadcast`` sends plain data (what Lightning broadcasts: paths, numbers, flags) as JSON, with tuples, paths and
+tensors tagged. Nothing received is ever unpickled: a value in the store may have been written by anyone who can
+reach it, and unpickling runs code.
 """
 
 from __future__ import annotations
 
+import base64
 import json
-import pickle
 import time
 from collections.abc import Callable
+from pathlib import Path, PurePath
 from typing import Any
 
 import torch
@@ -46,20 +48,56 @@ def _decode(data: bytes) -> torch.Tensor:
     return raw.view(dtype).reshape(header["shape"])
 
 
+_TAG = "__lightning_async__"
+
+
+def _to_plain(obj: Any) -> Any:
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    if isinstance(obj, list):
+        return [_to_plain(v) for v in obj]
+    if isinstance(obj, tuple):
+        return {_TAG: "tuple", "items": [_to_plain(v) for v in obj]}
+    if isinstance(obj, dict):
+        if all(isinstance(k, str) and k != _TAG for k in obj):
+            return {k: _to_plain(v) for k, v in obj.items()}
+        return {_TAG: "dict", "items": [[_to_plain(k), _to_plain(v)] for k, v in obj.items()]}
+    if isinstance(obj, PurePath):
+        return {_TAG: "path", "value": str(obj)}
+    if isinstance(obj, torch.Tensor):
+        return {_TAG: "tensor", "value": base64.b64encode(_encode(obj)).decode()}
+    raise TypeError(
+        f"cannot broadcast a {type(obj).__name__} among the live ranks: only plain data travels (None, bool, int, "
+        "float, str, lists, tuples, dicts, paths, tensors), because nothing received is unpickled. Broadcast the "
+        "plain values it is made of."
+    )
+
+
+def _from_plain(obj: Any) -> Any:
+    if isinstance(obj, list):
+        return [_from_plain(v) for v in obj]
+    if not isinstance(obj, dict):
+        return obj
+    tag = obj.get(_TAG)
+    if tag is None:
+        return {k: _from_plain(v) for k, v in obj.items()}
+    if tag == "tuple":
+        return tuple(_from_plain(v) for v in obj["items"])
+    if tag == "dict":
+        return {_from_plain(k): _from_plain(v) for k, v in obj["items"]}
+    if tag == "path":
+        return Path(obj["value"])
+    if tag == "tensor":
+        return _decode(base64.b64decode(obj["value"]))
+    raise ValueError(f"unknown tag {tag!r} in a broadcast value")
+
+
 def _pack_object(obj: Any) -> bytes:
-    try:
-        text = json.dumps(obj)
-        if json.loads(text) == obj:  # round-trips exactly (no tuples turned into lists, no str keys from ints)
-            return b"J" + text.encode()
-    except (TypeError, ValueError):
-        pass
-    return b"P" + pickle.dumps(obj)
+    return json.dumps(_to_plain(obj), allow_nan=True).encode()
 
 
 def _unpack_object(data: bytes) -> Any:
-    if data[:1] == b"J":
-        return json.loads(data[1:].decode())
-    return pickle.loads(data[1:])  # noqa: S301 - written by rank src of this run, as broadcast_object_list does
+    return _from_plain(json.loads(data.decode()))
 
 
 def _op_name(reduce_op: Any) -> str:

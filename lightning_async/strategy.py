@@ -220,6 +220,7 @@ class AsyncAdaptiveStrategy(DDPStrategy):
         self._local_params: list[torch.nn.Parameter] = []
         self._batch_samples = 0
         self._in_training_step = False
+        self._between_batches = False  # inside the training batches of an epoch (no collective may run there)
         self._snapshot: dict[str, Any] | None = None
         self._failure: BaseException | None = None
         self._live: LiveCollectives | None = None  # collectives among the live ranks (on_worker_failure="continue")
@@ -454,6 +455,11 @@ class AsyncAdaptiveStrategy(DDPStrategy):
 
     @override
     def broadcast(self, obj: Any, src: int = 0) -> Any:
+        if self._between_batches:
+            # a broadcast from a per-batch hook (Lightning's Timer for max_time does one every batch) would pair
+            # different batches of the workers, or wait for one that already left the epoch: each worker keeps its
+            # own value, and a worker that stops tells the others through the engine (see _EngineLifecycle)
+            return obj
         if self._live is not None:
             return self._live.broadcast(obj, src)
         return super().broadcast(obj, src)
@@ -723,16 +729,25 @@ class _EngineLifecycle(Callback):
             use_just_in_time_fetcher(trainer)
 
     def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.strategy._between_batches = False
+        if self.engine is not None and trainer.should_stop and not trainer.sanity_checking:
+            self.engine.request_stop()  # see on_train_epoch_end: the others validate with this worker, then stop
         # validate the authoritative parameters; flush first so no peer waits on this worker's read meanwhile
         if self.engine is not None and not trainer.sanity_checking:
             self.engine.end_epoch(self.strategy._local_params)
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.strategy._between_batches = False
         if self.engine is not None:
+            if trainer.should_stop:
+                # this worker met a stopping condition of its own (max_time, a callback): the others stop at the end
+                # of their current step, so that all of them reach the epoch-end collectives that follow together
+                self.engine.request_stop()
             self.engine.end_epoch(self.strategy._local_params)
             self._log(trainer)
 
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
+        self.strategy._between_batches = True
         if batch_idx == 0:  # after the progress bar reset its total to "unknown" at the epoch's start
             show_estimated_length(trainer)
 
@@ -740,6 +755,8 @@ class _EngineLifecycle(Callback):
         if self.engine is not None:
             follow_global_progress(trainer, self.engine.version)
             self._steps += 1
+            if self.engine.stop_requested():
+                trainer.should_stop = True
         show_estimated_length(trainer)
         if fetch_ahead(trainer):
             # a step without an optimizer step (the module's optimizer_step skipped it): the epoch's end is found

@@ -40,7 +40,7 @@ def test_reduce_gather_broadcast_and_decisions_among_all_ranks():
             live.reduce(x, "sum"), live.reduce(x, "mean"), live.reduce(x, dist.ReduceOp.MAX),
             live.all_gather(torch.arange(rank + 1)),  # shapes differ per rank
             live.broadcast({"path": f"from {rank}"}, src=0),
-            live.broadcast(("a", 1) if rank == 0 else None, src=0),  # not plain JSON: pickled, type kept
+            live.broadcast(("a", 1) if rank == 0 else None, src=0),  # a tuple: tagged in JSON, type kept
             live.all_true(rank != 2), live.any_true(rank == 2),
         )
 
@@ -99,3 +99,30 @@ def test_unsupported_reduce_op_names_it():
         live.reduce(torch.ones(2), "product")
     assert torch.equal(live.reduce(torch.tensor([1, 2], dtype=torch.int64), "sum"), torch.tensor([1, 2]))
     assert live.reduce(torch.tensor(2.0, dtype=torch.bfloat16), "mean").dtype == torch.bfloat16
+
+
+def test_broadcast_values_round_trip_as_plain_data():
+    from pathlib import Path
+
+    from lightning_async._live_collectives import _pack_object, _unpack_object
+
+    value = {"a": (1, 2.5, None), "b": [True, "x"], 3: Path("/tmp/ckpt"), "t": torch.arange(3)}
+    back = _unpack_object(_pack_object(value))
+    assert back["a"] == (1, 2.5, None) and back["b"] == [True, "x"] and back[3] == Path("/tmp/ckpt")
+    assert torch.equal(back["t"], torch.arange(3))
+
+
+def test_nothing_received_is_unpickled():
+    import pickle
+
+    from lightning_async._live_collectives import _pack_object, _unpack_object
+
+    class Evil:
+        def __reduce__(self):
+            return (exec, ("raise SystemExit('unpickled')",))
+
+    with pytest.raises(TypeError, match="only plain data travels"):
+        _pack_object(object())
+    for payload in (pickle.dumps(Evil()), b"P" + pickle.dumps(Evil())):  # what a peer on the network could write
+        with pytest.raises(ValueError):  # not JSON: refused, never executed
+            _unpack_object(payload)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import os
+import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -31,6 +33,7 @@ from lightning_async._engine.ps_common import (
     _UNBOUNDED_BINS,
     ON_WORKER_FAILURE,
     OWNER_COUNTERS,
+    GuardedStore,
     _padded,
 )
 from lightning_async._engine.ps_owner import _Authority
@@ -47,6 +50,15 @@ from lightning_async._engine.ps_threads import (
 from lightning_async.errors import AsyncTrainingError, WorkerDiedError
 
 __all__ = ["ON_WORKER_FAILURE", "OWNER_COUNTERS", "ParameterServerEngine", "assign_blocks", "pair_groups"]
+
+
+#: seconds between two looks of a pure worker, under ``on_worker_failure="continue"``, for its own eviction
+EVICTION_POLL_SECONDS = 1.0
+#: seconds between two looks in the store for another worker's stop request (0: at every step, one store round
+#: trip; a worker that finishes its epoch before it sees the request would validate once more than the others)
+STOP_CHECK_SECONDS = 0.0
+#: exit code of a pure worker that ends itself after the owners dropped it
+EVICTED_EXIT_CODE = 3
 
 
 class ParameterServerEngine(OwnerServing, PushPullClient, Engine):
@@ -160,7 +172,9 @@ class ParameterServerEngine(OwnerServing, PushPullClient, Engine):
         # ---- store (batch cursor, finish marks, schema check)
         if store is None and distributed:
             store = dist.distributed_c10d._get_default_store()
-        self._store = dist.PrefixStore(namespace.rstrip("/") + "/", store) if store is not None else None
+        self._store = (
+            GuardedStore(dist.PrefixStore(namespace.rstrip("/") + "/", store), worker) if store is not None else None
+        )
         self._local_cursor: dict[int, int] = {}
         self._gone: set[int] = set()
         self._claimer = _Background("lasync-ps-cursor")
@@ -171,6 +185,12 @@ class ParameterServerEngine(OwnerServing, PushPullClient, Engine):
         self._last_chunk = 1
         self._slow = False  # the others claim much faster than this worker: it claims nothing ahead
         self._cursor_epochs: set[int] = set()
+        self._eviction_stop = threading.Event()
+        self._stop_seen = False
+        self._next_stop_check = 0.0
+        self._eviction_watch = threading.Thread(
+            target=self._watch_for_eviction, name="lightning_async-eviction-watch", daemon=True
+        )
         if self._store is not None:
             self._check_schema()
         # ---- channels: one 2-rank gloo group per (client, owner) direction, made by its two ranks only
@@ -258,6 +278,51 @@ class ParameterServerEngine(OwnerServing, PushPullClient, Engine):
             with self.authority.cond:
                 self.authority.touch(self.worker)
                 self.authority.reported[self.worker, 3] = self._started
+        if self.on_worker_failure == "continue" and self.authority is None and self._store is not None:
+            self._eviction_watch.start()
+
+    def _watch_for_eviction(self) -> None:
+        """A pure worker the owners dropped as hung (``on_worker_failure="continue"``) ends its own process: the
+        run goes on without it, and a real deadlock would otherwise keep it alive, holding its memory and device,
+        forever. A daemon thread, so that a hang of the main thread in Python or in a blocking call does not stop
+        it."""
+        assert self._store is not None
+        key = f"gone/{self.worker}"
+        while not self._eviction_stop.wait(EVICTION_POLL_SECONDS):
+            try:
+                if not self._store.check([key]):
+                    continue
+                by = self._store.get(key).decode()
+            except Exception:  # noqa: BLE001 - the store is gone: so is the run, and the main thread will say so
+                return
+            if self._eviction_stop.is_set():
+                return
+            print(
+                f"lightning_async: worker {self.worker} was dropped from the run by owner rank {by} (it stopped "
+                "answering within timeout); the others carry on, and this process exits.",
+                file=sys.stderr,
+                flush=True,
+            )
+            os._exit(EVICTED_EXIT_CODE)
+
+    def request_stop(self) -> None:
+        """Ask every worker to stop training at the end of its current step (one worker's stopping condition)."""
+        self._stop_seen = True
+        if self._store is not None:
+            self._store.set("stop", "1")
+
+    def stop_requested(self) -> bool:
+        """Whether some worker asked the run to stop (a look in the store, see :data:`STOP_CHECK_SECONDS`)."""
+        if self._stop_seen or self._store is None:
+            return self._stop_seen
+        now = time.monotonic()
+        if now >= self._next_stop_check:
+            self._next_stop_check = now + STOP_CHECK_SECONDS
+            self._stop_seen = bool(self._store.check(["stop"]))
+        return self._stop_seen
+
+    def _stop_eviction_watch(self) -> None:
+        self._eviction_stop.set()
 
     @property
     def version(self) -> int:
@@ -349,6 +414,7 @@ class ParameterServerEngine(OwnerServing, PushPullClient, Engine):
         if self._finished:
             return
         self.end_epoch(local_params)
+        self._stop_eviction_watch()  # done: from now on a closed connection is this worker leaving, not a hang
         self._say_bye()
         if self._store is not None:
             self._store.add("finished", 1)
@@ -457,6 +523,7 @@ class ParameterServerEngine(OwnerServing, PushPullClient, Engine):
         if self._closed:
             return
         self._closed = True
+        self._stop_eviction_watch()
         if not self._finished:
             with contextlib.suppress(AsyncTrainingError):
                 self._say_bye()
@@ -472,6 +539,12 @@ class ParameterServerEngine(OwnerServing, PushPullClient, Engine):
                 thread.join(timeout=0.05)
                 if auth is not None and time.time() - auth.last_seen[c] > limit:
                     break
+        if self.worker == 0 and self._store is not None:
+            # every client has closed (its server thread ended): nobody claims batches any more. The store outlives
+            # a fit when the process goes on (another fit, a notebook): leave nothing of this run in it
+            for epoch in self._cursor_epochs:
+                with contextlib.suppress(AsyncTrainingError, RuntimeError):
+                    self._store.delete_key(f"cursor/{epoch}")
 
     def abort(self, reason: str) -> None:
         """Stop at once after a failure of this process (no goodbye, no serving peers until they close).
@@ -486,6 +559,7 @@ class ParameterServerEngine(OwnerServing, PushPullClient, Engine):
         if self._closed:
             return
         self._closed = True
+        self._stop_eviction_watch()
         auth = self.authority
         if auth is not None:
             with auth.cond:

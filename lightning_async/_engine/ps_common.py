@@ -5,8 +5,10 @@ codes, error classes on the wire.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
+import torch.distributed as dist
 
 from lightning_async._engine import ps_wire as wire
 from lightning_async.errors import AsyncTrainingError, NonFiniteGradientError, WorkerDiedError, WorkerTimeoutError
@@ -53,3 +55,29 @@ def _decode_any(message: wire.Message, i: int) -> torch.Tensor:
 
 def _padded(n: int) -> int:
     return (n + 15) // 16 * 16
+
+
+class GuardedStore:
+    """The run's store, whose network errors name their cause: the store lives in rank 0's process, so a lost
+    connection means rank 0 died (or its node went down), not a fault of the calling rank."""
+
+    def __init__(self, store: Any, worker: int) -> None:
+        self._store = store
+        self._worker = worker
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._store, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return attr(*args, **kwargs)
+            except (dist.DistNetworkError, ConnectionError) as error:
+                raise WorkerDiedError(
+                    f"rank 0, which hosts the run's store, cannot be reached from rank {self._worker} "
+                    f"({str(error).splitlines()[0]}): it died or its node is down, so the run stops. Resume with "
+                    "Trainer.fit(..., ckpt_path='last')."
+                ) from error
+
+        return call

@@ -5,6 +5,7 @@ admission under the staleness bound, the checks on every update, apply with the 
 from __future__ import annotations
 
 import copy
+import math
 import sys
 import threading
 import time
@@ -269,6 +270,12 @@ class _Authority:
                     self._drop_all(w)
                 return self._reject(w, "rejected_version", release=False), -1, None, 0
             pipelined = bool(flags & wire.F_PIPELINED)  # the worker moved on: a rejection consumes the read
+            if flags & wire.F_NONFINITE and self.e.owner_ranks[0] != self.e.worker:
+                # the worker's one non-finite gradient reaches every owner (each releases its read); the first
+                # owner counts it, as it counts samples, so one gradient is one rejection
+                if pipelined:
+                    self._drop_oldest(w)
+                return "rejected_nonfinite", -1, None, 0
             if flags & wire.F_NONFINITE or not (finite or all_finite([g for _, g in grads])):
                 return self._reject(w, "rejected_nonfinite", release=pipelined), -1, None, 0
             others = lambda: self._in_flight(w, skip_oldest=True)  # noqa: E731
@@ -365,10 +372,14 @@ class _Authority:
             return meta, tensors
 
     def load(self, meta: dict[str, Any]) -> None:
+        # checked in full before anything changes: a bad message (a version of 1e400 parses as infinity) is refused
+        # with an error reply and leaves the owner as it was
+        version = _version_number(meta["version"])
+        block_versions = [_version_number(v) for v in meta["block_versions"]]
         with self.cond:
-            self.version = int(meta["version"])
-            for b, v in zip(self.blocks, meta["block_versions"]):
-                self.block_versions[b] = int(v)
+            self.version = version
+            for b, v in zip(self.blocks, block_versions):
+                self.block_versions[b] = v
             self.counts[:] = 0
             self.hist[:] = 0
             counts = np.asarray(meta.get("counts", []), dtype=np.int64)
@@ -406,3 +417,11 @@ class _Authority:
                         k: (v.detach().clone() if isinstance(v, torch.Tensor) else copy.deepcopy(v))
                         for k, v in state.items()
                     }
+
+
+def _version_number(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"a version must be a non-negative finite number, got {value!r}")
+    if value != int(value) or value >= 2**62:
+        raise ValueError(f"a version must be an integer below 2**62, got {value!r}")
+    return int(value)

@@ -81,7 +81,7 @@ class OwnerServing:
                     reply = self._handle(c, kind, message)
                 except AsyncTrainingError as e:
                     reply = _error_reply(e)
-                except (ValueError, TypeError, KeyError, IndexError) as e:  # a malformed control message
+                except (ValueError, TypeError, KeyError, IndexError, ArithmeticError) as e:  # a malformed message
                     reply = _error_reply(AsyncTrainingError(f"bad request from worker {c}: {e}"))
             try:
                 channel.send(reply, self.reply_timeout)

@@ -62,7 +62,7 @@ from lightning_async._engine.shm import (
 from lightning_async.errors import RunAbortedError, WorkerDiedError, WorkerTimeoutError
 
 _HEADER = 16
-_H_RESERVED, _H_PAUSED, _H_ABORT, _H_CURSOR = 0, 1, 2, 4  # cursor: 2 slots of (epoch tag, next batch)
+_H_RESERVED, _H_PAUSED, _H_ABORT, _H_STOP, _H_CURSOR = 0, 1, 2, 3, 4  # cursor: 2 slots of (epoch tag, next batch)
 _IDLE = -1
 _RUNNING, _FINISHED, _FAILED, _LEFT = 1, 2, 3, 4
 _STATUS_NAMES = {0: "not started", _RUNNING: "running", _FINISHED: "finished", _FAILED: "failed", _LEFT: "left"}
@@ -456,6 +456,14 @@ class SharedMemoryEngine(Engine):
             self._view("status")[self.worker] = _FAILED
             if self.ctrl[_H_ABORT] == 0:
                 self.ctrl[_H_ABORT] = self.worker + 1
+
+    def request_stop(self) -> None:
+        """Ask every worker to stop training at the end of its current step (one worker's stopping condition)."""
+        self.ctrl[_H_STOP] = 1
+
+    def stop_requested(self) -> bool:
+        """Whether some worker asked the run to stop (see :meth:`request_stop`)."""
+        return bool(self.ctrl[_H_STOP])
 
     def leave(self) -> bool:
         """Mark this worker gone for good and remove the run's directory if no other worker process still uses it

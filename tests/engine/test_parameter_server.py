@@ -308,7 +308,7 @@ def test_two_workers_keep_the_bound_under_a_straggler(tmp_path, policy):
         assert r1["duplicate_verdict"] == "rejected_duplicate" and counters["rejected_duplicate"] == 1
         assert r1["bad_dtype_verdict"] == r1["bad_shape_verdict"] == "rejected_schema"
         assert counters["rejected_schema"] == 2
-        assert counters["rejected_nonfinite"] == 2  # one update per owner
+        assert counters["rejected_nonfinite"] == 1  # one gradient, counted once (by the first owner)
         assert "rejected_nonfinite" in r1["verdicts"]
 
 
@@ -321,7 +321,7 @@ def test_overlap_pipelines_remote_pushes_within_the_bound(tmp_path, policy):
     config = {"world": 2, "steps": [40, 12], "K": K, "policy": policy, "slow_rank": 1, "delay": 0.03,
               "timeout": 10.0, "overlap": True}
     if policy == "drop":
-        config.update(nan=[1, 3])  # a non-finite gradient travels the blocking path, rejected by both owners
+        config.update(nan=[1, 3])  # a non-finite gradient travels the blocking path: both owners refuse it, one counts
     codes, (r0, r1) = _launch(tmp_path, config)
     assert codes == [0, 0], (r0.get("traceback"), r1.get("traceback"))
     counters, histogram = r0["counters"], r0["histogram"]
@@ -343,7 +343,7 @@ def test_overlap_pipelines_remote_pushes_within_the_bound(tmp_path, policy):
         # its own or deferred into one; an update still deferred at the end is applied by end_epoch (<= 1 per pair)
         assert 2 * 52 <= counters["applied"] + counters["deferred"] <= 2 * 52 + 4
     if policy == "drop":
-        assert counters["rejected_nonfinite"] == 2 and counters["deferred"] == 0
+        assert counters["rejected_nonfinite"] == 1 and counters["deferred"] == 0
         assert counters["applied"] + counters["rejected_stale"] == 2 * 52 - 2
 
 
@@ -620,7 +620,7 @@ def test_pair_groups_are_made_by_their_two_ranks_in_one_global_order(monkeypatch
         assert len(made[rank]) == len(expected) <= 2 * (workers - 1)
     # the two sides of a group: same store prefix, group ranks 0 (lower rank) and 1
     sides: dict[str, list[int]] = {}
-    for rank, entries in made.items():
+    for entries in made.values():
         for prefix, group_rank in entries:
             sides.setdefault(prefix, []).append(group_rank)
     assert all(sorted(v) == [0, 1] for v in sides.values()), sides

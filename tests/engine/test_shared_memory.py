@@ -247,3 +247,35 @@ def test_writes_hold_the_write_lock_unless_lock_free(directory, lock_free):
     engine.start()
     assert _grad_step(engine, model, torch.randn(4, 3, dtype=torch.float64)) == "applied"
     assert seen == (["free"] if lock_free else ["held"])
+
+
+def test_the_run_directory_is_private_to_its_owner(directory):
+    engines, _ = _pair(directory)
+    assert directory.stat().st_mode & 0o777 == 0o700
+    for path in directory.iterdir():
+        assert path.stat().st_mode & 0o077 == 0, f"{path.name} is readable by other users"
+    for engine in engines:
+        engine.close()
+
+
+def test_an_abort_stops_a_peer_at_its_next_step_naming_the_cause(directory):
+    from lightning_async.errors import RunAbortedError
+
+    engines, models = _pair(directory)
+    engines[1].abort("RuntimeError: out of memory")
+    with pytest.raises(RunAbortedError, match=r"worker 1 stopped the run \(RuntimeError: out of memory\)"):
+        _grad_step(engines[0], models[0], torch.randn(4, 3))
+    assert "worker 1: failed (RuntimeError: out of memory)" in engines[0].describe_peers()
+
+
+def test_a_stop_request_reaches_every_worker(directory):
+    engines, _ = _pair(directory)
+    assert not engines[0].stop_requested()
+    engines[1].request_stop()
+    assert engines[0].stop_requested() and engines[1].stop_requested()
+
+
+def test_the_last_worker_out_removes_the_run_directory(directory):
+    engines, _ = _pair(directory)
+    assert engines[0].leave() is False and directory.exists()  # worker 1 is still using it
+    assert engines[1].leave() is True and not directory.exists()

@@ -73,6 +73,18 @@ class CrashAt(Callback):
             os._exit(1)
 
 
+class StopAt(Callback):
+    """Sets ``trainer.should_stop`` on ``rank`` after its own step ``step`` (a callback's stopping condition)."""
+
+    def __init__(self, rank: int, step: int) -> None:
+        self.rank, self.step, self.steps = rank, step, 0
+
+    def on_train_batch_end(self, trainer, *args):
+        self.steps += 1
+        if trainer.global_rank == self.rank and self.steps >= self.step:
+            trainer.should_stop = True
+
+
 def dataset(n: int = 1024) -> TensorDataset:
     g = torch.Generator().manual_seed(0)
     x = torch.randn(n, 8, generator=g)
@@ -113,6 +125,8 @@ def main() -> None:
     parser.add_argument("--crash-at", default=None, help="RANK,EPOCH,BATCH: os._exit(1) there")
     parser.add_argument("--on-worker-failure", default="stop")
     parser.add_argument("--max-steps", type=int, default=-1)
+    parser.add_argument("--stop-at", default=None, help="RANK,STEP: that rank sets trainer.should_stop there")
+    parser.add_argument("--max-time", default=None, help="Trainer(max_time=...), e.g. 00:00:00:08")
     parser.add_argument("--owner-ranks", default=None, help="comma-separated ranks that own blocks")
     args = parser.parse_args()
 
@@ -128,6 +142,8 @@ def main() -> None:
         callbacks.append(FaultInjector(**json.loads(args.fault)))
     if args.crash_at:
         callbacks.append(CrashAt(*(int(v) for v in args.crash_at.split(","))))
+    if args.stop_at:
+        callbacks.append(StopAt(*(int(v) for v in args.stop_at.split(","))))
     if args.checkpoint_dir is not None:
         callbacks.append(ModelCheckpoint(dirpath=args.checkpoint_dir, save_last=True, every_n_epochs=1, save_top_k=-1))
     strategy = lightning_async.AsyncAdaptiveStrategy(
@@ -141,7 +157,7 @@ def main() -> None:
     )
     trainer = L.Trainer(
         accelerator="cpu", devices=args.devices, num_nodes=args.num_nodes, strategy=strategy, max_epochs=args.epochs,
-        max_steps=args.max_steps,
+        max_steps=args.max_steps, max_time=args.max_time,
         callbacks=callbacks,
         logger=CSVLogger(args.out / "logs") if args.log_every_n_steps else False,
         log_every_n_steps=args.log_every_n_steps or 50,
