@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from lightning_async._engine import ps_wire as wire
-from lightning_async._engine.parameter_server import ParameterServerEngine, assign_blocks
+from lightning_async._engine.parameter_server import EVICTED_EXIT_CODE, ParameterServerEngine, assign_blocks
 from lightning_async.errors import AsyncTrainingError
 
 WORKER = Path(__file__).parent / "ps_helpers" / "worker.py"
@@ -465,7 +465,9 @@ def test_hung_worker_is_detected_by_the_timeout(tmp_path, on_failure):
         assert codes[0] == 0, r0.get("traceback")
         assert len(r0["verdicts"]) == 150 and r0["counters"]["lost"] == 1
         _check_invariants(r0["counters"], r0["histogram"], max_staleness=0)
-        assert codes[1] == 1 and r1["error"] in ("WorkerTimeoutError", "WorkerDiedError")
+        # the owner drops the hung worker after about 1 s; its eviction watcher (polling every second) ends the
+        # process with EVICTED_EXIT_CODE long before its 6 s hang is over, so it never writes a report
+        assert codes[1] == EVICTED_EXIT_CODE and r1 == {}, (codes, r1)
 
 
 @pytest.mark.timeout(120)
