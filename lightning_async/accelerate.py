@@ -35,6 +35,7 @@ Accelerate has no plugin point for a new distributed scheme (``DistributedType``
 from __future__ import annotations
 
 import atexit
+import contextlib
 import math
 import os
 import secrets
@@ -62,7 +63,7 @@ from lightning_async._engine.bound import (
     validate_bound_policy,
     validate_max_staleness,
 )
-from lightning_async._engine.shared_memory import SharedMemoryEngine
+from lightning_async._engine.shared_memory import ABORT_GRACE_SECONDS, SharedMemoryEngine
 from lightning_async._engine.shm import remove_stale_runs, run_directory
 from lightning_async._engine_optimizer import EngineOptimizer, ordered_params
 from lightning_async._sampler import dynamic_batch_loader_kwargs
@@ -455,7 +456,15 @@ class AsyncTraining:
 
     # ------------------------------------------------------------------ cleanup
     def close(self) -> None:
-        """Release the engine and remove the shared memory (rank 0). Idempotent; called by :meth:`finish`."""
+        """Release the engine and remove the shared memory. Idempotent; called by :meth:`finish`.
+
+        Closing before :meth:`finish` (an error in the training loop, an early ``return``) stops the run: every
+        other worker raises :class:`~lightning_async.RunAbortedError` naming this worker at its next step or wait,
+        instead of training on without it or waiting for it until ``timeout``.
+        """
+        self._close(None)
+
+    def _close(self, failure: str | None) -> None:
         if self._closed:
             return
         self._closed = True
@@ -465,10 +474,28 @@ class AsyncTraining:
         if self.optimizer is not None:
             self.optimizer._closed = True
         engine = self.engine
-        if engine is not None:
+        if engine is not None and not self._finished:
+            self._abort(engine, failure or f"AsyncTraining.close() on worker {self.rank} before finish()")
+        elif engine is not None:
             engine.close()
         self._remove_directory()
         self._restore_sigterm()
+
+    def _abort(self, engine: SharedMemoryEngine, reason: str) -> None:
+        """Tell the peers why this worker stops; the coordinator keeps the shared memory for a short grace period
+        (the peers read the reason there), then whoever leaves last removes it."""
+        with contextlib.suppress(Exception):
+            engine.abort(reason)
+        if self.rank == 0:
+            with contextlib.suppress(Exception):
+                engine.wait_for_workers(ABORT_GRACE_SECONDS, raise_on_failure=False)
+        self._owns_directory = False  # leave() removes it once no worker uses it
+        with contextlib.suppress(Exception):
+            engine.leave()
+
+    def _close_at_exit(self) -> None:
+        # the interpreter exits (an uncaught error, or a script that never called finish()): stop the run with a reason
+        self._close(f"worker {self.rank}'s process exited before AsyncTraining.finish() (an uncaught error?)")
 
     def _remove_directory(self) -> None:
         if self._owns_directory:
@@ -476,7 +503,7 @@ class AsyncTraining:
             shutil.rmtree(self._directory, ignore_errors=True)  # peers' mappings stay valid after the unlink
 
     def _install_cleanup(self) -> None:
-        atexit.register(self._remove_directory)
+        atexit.register(self._close_at_exit)
         # torchrun stops the surviving workers with SIGTERM when one fails; turn it into SystemExit so that
         # `with` blocks, `finally` and atexit run and the shared memory is removed (only if nobody handles SIGTERM)
         if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
@@ -492,8 +519,8 @@ class AsyncTraining:
     def __enter__(self) -> AsyncTraining:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
+        self._close(None if exc is None else _describe_exit(exc))
 
     def _require_engine(self, what: str) -> SharedMemoryEngine:
         if self.engine is None:
@@ -647,6 +674,13 @@ def _describe_state(state: Any) -> str:
     if isinstance(state, dict):
         return f"a dict with format {state.get('format')!r} and keys {sorted(map(str, state))}"
     return type(state).__name__
+
+
+def _describe_exit(exc: BaseException) -> str:
+    if isinstance(exc, SystemExit) and exc.code == 128 + signal.SIGTERM:
+        return "the worker received SIGTERM"
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _exit_on_sigterm(signum: int, frame: Any) -> None:

@@ -53,7 +53,7 @@ from lightning_async._engine.bound import (
     validate_max_staleness,
 )
 from lightning_async._engine.parameter_server import ParameterServerEngine
-from lightning_async._engine.shared_memory import SharedMemoryEngine
+from lightning_async._engine.shared_memory import ABORT_GRACE_SECONDS, SharedMemoryEngine
 from lightning_async._engine.shm import remove_stale_runs, run_directory
 from lightning_async._engine_optimizer import EngineOptimizer, ordered_params
 from lightning_async._fetcher import fetch_ahead, use_just_in_time_fetcher
@@ -73,9 +73,6 @@ _STATE_KEY = "lightning_async"
 
 #: the least time the start-up rendezvous waits for every worker process to join, whatever ``timeout`` says
 STARTUP_TIMEOUT_SECONDS = 300.0
-#: after a failure whose cause is known, how long worker 0 waits for the others to stop before it removes the run's
-#: shared memory: each notices the failure at its next step or wait, so this does not depend on ``timeout``
-ABORT_GRACE_SECONDS = 10.0
 
 class AsyncAdaptiveStrategy(DDPStrategy):
     """Train on N worker processes that apply their gradients asynchronously, with bounded staleness.
@@ -216,7 +213,7 @@ class AsyncAdaptiveStrategy(DDPStrategy):
         self.on_worker_failure = on_worker_failure
         self.owner_ranks = list(owner_ranks) if owner_ranks is not None else None
         self.print_summary = print_summary
-        self.engine: Any = None  # SharedMemoryEngine or ParameterServerEngine, created at setup
+        self.engine: Engine | None = None  # created at setup
         self._local_params: list[torch.nn.Parameter] = []
         self._batch_samples = 0
         self._in_training_step = False
@@ -367,9 +364,8 @@ class AsyncAdaptiveStrategy(DDPStrategy):
         start = time.perf_counter()
         self.engine = self._create_engine(optimizer)
         self.engine_setup_seconds = time.perf_counter() - start
-        if isinstance(self.engine, SharedMemoryEngine):
-            # a SIGTERM (torchrun stopping the run, a scheduler's preemption) ends a wait at once, not after timeout
-            self.engine.interrupt = partial(_raise_on_local_sigterm, trainer)
+        # a SIGTERM (torchrun stopping the run, a scheduler's preemption) ends a wait at once, not after timeout
+        self.engine.interrupt = partial(_raise_on_local_sigterm, trainer)
         self._watch_children()
         self.optimizers = [EngineOptimizer(optimizer, self.engine, self._local_params, self._take_samples)]
         for config in self.lr_scheduler_configs:
@@ -630,15 +626,12 @@ class AsyncAdaptiveStrategy(DDPStrategy):
                 # here that would keep this process (and its error, printed only after teardown) silent while the
                 # peers wait on it. The shared-memory peers are told to stop in on_exception already.
                 engine.abort(_describe_failure(failure))
-            if isinstance(engine, SharedMemoryEngine):
-                if self.is_global_zero:
-                    # the others may still read the shared state until they stop: at the end of a fit they are
-                    # done already (on_train_end waited for them); after a failure they stop within their next step
-                    wait = ABORT_GRACE_SECONDS if failure is not None else self.engine_timeout
-                    engine.wait_for_workers(wait, raise_on_failure=False)
-                engine.leave()  # the last worker out removes the run's directory
-            else:
-                engine.close()
+            if isinstance(engine, SharedMemoryEngine) and self.is_global_zero:
+                # the others may still read the shared state until they stop: at the end of a fit they are done
+                # already (on_train_end waited for them); after a failure they stop within their next step
+                wait = ABORT_GRACE_SECONDS if failure is not None else self.engine_timeout
+                engine.wait_for_workers(wait, raise_on_failure=False)
+            engine.leave()  # shared memory: the last worker out removes the run's directory
         if failure is None and not any(t.name.startswith("lasync-") for t in threading.enumerate()):
             _destroy_process_groups_at_exit()
         self.optimizers = [o.optimizer if isinstance(o, EngineOptimizer) else o for o in self.optimizers]
@@ -743,6 +736,11 @@ class _EngineLifecycle(Callback):
                 # this worker met a stopping condition of its own (max_time, a callback): the others stop at the end
                 # of their current step, so that all of them reach the epoch-end collectives that follow together
                 self.engine.request_stop()
+            elif self.engine.stop_requested():
+                # a worker that met its condition during its last batch of the epoch asked at the start of the
+                # epoch-end validation, which all took part in: every worker stops here with it, instead of starting
+                # the next epoch, seeing the request at its first step and validating again without that worker
+                trainer.should_stop = True
             self.engine.end_epoch(self.strategy._local_params)
             self._log(trainer)
 

@@ -10,8 +10,10 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -313,6 +315,54 @@ def test_two_workers_failure_cleans_up(tmp_path: Path) -> None:
     assert "worker 1 fails on purpose" in result.stderr
     records = _records(tmp_path)
     assert records[0]["shm_directory"] == records[1]["shm_directory"]
+    for record in records:
+        assert not pid_alive(record["pid"])
+    assert not Path(records[0]["shm_directory"]).exists()
+
+
+def _launch_without_agent(script: Path, *args: str, timeout: float) -> list[subprocess.CompletedProcess]:
+    """Two processes with torch.distributed's environment and no torchrun agent, so that nothing but the engine
+    stops a worker whose peer failed."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = []
+    for rank in range(2):
+        env = dict(
+            os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+            RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
+        )
+        procs.append(subprocess.Popen([sys.executable, str(script), *args], cwd=ROOT, env=env, text=True,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True))
+    results = []
+    try:
+        for proc in procs:
+            out, err = proc.communicate(timeout=timeout)
+            results.append(subprocess.CompletedProcess(proc.args, proc.returncode, out, err))
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.communicate()
+    return results
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(("failing", "mode"), [(1, "with"), (0, "with"), (1, "bare")])
+def test_a_failing_worker_stops_the_other_naming_the_cause(tmp_path: Path, failing: int, mode: str) -> None:
+    """No agent to stop the survivor: the failing worker's engine tells it (at its next step) why the run ends;
+    before, it trained on alone (the failing worker was 0) or stopped only once it noticed the dead process."""
+    started = time.monotonic()
+    results = _launch_without_agent(FAILING, str(tmp_path), str(failing), mode, timeout=90)
+    elapsed = time.monotonic() - started
+    other = 1 - failing
+    assert results[failing].returncode != 0 and f"worker {failing} fails on purpose" in results[failing].stderr
+    survivor = results[other]
+    assert survivor.returncode != 0, survivor.stderr[-2000:]
+    cause = f"RuntimeError: worker {failing} fails on purpose" if mode == "with" else "process exited before"
+    assert f"RunAbortedError: worker {failing} stopped the run ({cause}" in survivor.stderr, survivor.stderr[-2000:]
+    assert elapsed < 40  # the survivor had about 50 s of steps left
+    records = _records(tmp_path)
     for record in records:
         assert not pid_alive(record["pid"])
     assert not Path(records[0]["shm_directory"]).exists()

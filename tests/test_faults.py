@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from lightning_async._engine.shm import DEFAULT_ROOT
@@ -139,3 +140,76 @@ def test_an_evicted_hung_worker_ends_its_own_process(tmp_path):
     while time.monotonic() < deadline and not _no_process_left(tmp_path):
         time.sleep(0.5)
     assert _no_process_left(tmp_path), "the evicted worker is still running"
+
+
+def _idle(procs: list, seconds: float) -> bool:
+    """Whether none of ``procs`` used CPU time for ``seconds`` (every worker sleeps or waits)."""
+
+    def total() -> float:
+        out = 0.0
+        for p in procs:
+            try:
+                t = p.cpu_times()
+                out += t.user + t.system
+            except psutil.Error:
+                pass
+        return out
+
+    first = total()
+    time.sleep(seconds)
+    return total() - first < 0.05
+
+
+def test_sigterm_ends_a_wait_at_a_parameter_server_owner(tmp_path):
+    """Rank 1 hangs holding a read; rank 0 (the only owner, bound "wait", K=0) waits for it at its own blocks.
+    A SIGTERM to rank 0 ends that wait and the run within seconds; the wait used to run until ``timeout``."""
+    launch_vars = ("LOCAL_RANK", "NODE_RANK", "GLOBAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "GROUP_RANK")
+    env = {k: v for k, v in os.environ.items() if k not in launch_vars}
+    env["PYTHONUNBUFFERED"] = "1"
+    proc = subprocess.Popen(
+        [sys.executable, str(SCRIPT), "--out", str(tmp_path), "--engine", "parameter_server", "--owner-ranks", "0",
+         "--fault", json.dumps({"fault": "hang", "ranks": 1, "steps": 3, "seconds": 3600}), "--bound-policy",
+         "wait", "--max-staleness", "0", "--timeout", "300", "--epochs", "1"],
+        env=env, cwd=str(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    )
+    try:
+        parent = psutil.Process(proc.pid)
+        deadline = time.monotonic() + BOUND
+        # both workers idle for 3 s: rank 1 sleeps in its hang and rank 0 waits for its read
+        while time.monotonic() < deadline and proc.poll() is None:
+            procs = [parent, *parent.children()]
+            if len(procs) == 2 and _idle(procs, 3.0):
+                break
+        assert proc.poll() is None, proc.stderr.read()[-3000:] if proc.stderr else ""
+        signalled = time.monotonic()
+        proc.terminate()
+        _, err = proc.communicate(timeout=60)
+        assert time.monotonic() - signalled < 30, err[-3000:]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, 9)
+            proc.communicate()
+    # Lightning ends a SIGTERM'd fit with SIGTERMException, a SystemExit without a code: the exit status is 0
+    assert "worker 0 received SIGTERM" in err, err[-3000:]
+    assert "worker 0 stops the run: SIGTERMException" in err and "worker 1: running" in err, err[-3000:]
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not _no_process_left(tmp_path):
+        time.sleep(0.5)
+    assert _no_process_left(tmp_path)
+
+
+@pytest.mark.parametrize("kind", ["raise", "crash"])
+def test_parameter_server_failures_under_torchrun_are_bounded(tmp_path, kind):
+    """Rank 1 (an owner) fails under torchrun: every process ends well within ``timeout``, nothing is left."""
+    start = time.monotonic()
+    result = _torchrun(tmp_path, "--engine", "parameter_server", "--fault", _fault(kind, 1), "--samples", "4096",
+                       "--timeout", "300")
+    assert result.returncode != 0
+    assert time.monotonic() - start < BOUND
+    if kind == "raise":
+        assert "FaultInjector: injected error on worker 1" in result.stderr, result.stderr[-3000:]
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not _no_process_left(tmp_path):
+        time.sleep(0.5)
+    assert _no_process_left(tmp_path)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -148,10 +148,75 @@ class NonFiniteStreak:
 
 
 class Engine(ABC):
-    """Owns the authoritative parameters and optimizer state; measures and bounds staleness."""
+    """Owns the authoritative parameters and optimizer state; measures and bounds staleness.
+
+    Beyond the step (:meth:`begin_step`, :meth:`submit`, :meth:`end_epoch`) the glue drives a worker's life:
+    :meth:`adopt_optimizer_state` / :meth:`attach_state` once the optimizer exists, :meth:`start`, batches from
+    :meth:`next_batch`, and at the end :meth:`finish` then :meth:`wait_for_workers` and :meth:`close` (or
+    :meth:`leave`); after a failure :meth:`abort`. :meth:`request_stop` / :meth:`stop_requested` carry one worker's
+    stopping condition to all. Long waits call :attr:`interrupt` on the worker's main thread.
+    """
 
     worker: int
     num_workers: int
+    #: called now and then inside long waits on the worker's own (main) thread; it raises to end the wait (the
+    #: Lightning glue raises once the process received SIGTERM)
+    interrupt: Callable[[], None] | None = None
+
+    # ------------------------------------------------------------------ a worker's life
+    @abstractmethod
+    def adopt_optimizer_state(self, is_creator: bool) -> None:
+        """Take over the user's optimizer state as the authoritative one (after it was created or loaded);
+        ``is_creator``: this process creates what the others attach to."""
+
+    @abstractmethod
+    def attach_state(self) -> None:
+        """Attach to the authoritative optimizer state made by the creator (a no-op where there is nothing to map)."""
+
+    @abstractmethod
+    def start(self) -> None:
+        """Mark this worker as training (its clocks start; the engine's threads run)."""
+
+    @abstractmethod
+    def next_batch(self, epoch: int, num_batches: int) -> int | None:
+        """The next unclaimed batch index of ``epoch`` (each index once over all workers), or ``None``."""
+
+    @abstractmethod
+    def finish(self, local_params: Sequence[torch.Tensor]) -> None:
+        """End training on this worker: flush what is deferred, release its reads and mark it finished."""
+
+    @abstractmethod
+    def wait_for_workers(self, timeout: float, *, raise_on_failure: bool = True) -> bool:
+        """Wait (at most ``timeout`` seconds) until no other worker still trains; ``True`` if none does.
+        ``raise_on_failure``: raise if a peer failed instead of finishing (else a failed peer counts as done)."""
+
+    @abstractmethod
+    def abort(self, reason: str) -> None:
+        """Stop after a failure of this worker, telling the peers ``reason`` (idempotent; no goodbye)."""
+
+    @abstractmethod
+    def request_stop(self) -> None:
+        """Ask every worker to stop training at the end of its current step (one worker's stopping condition)."""
+
+    @abstractmethod
+    def stop_requested(self) -> bool:
+        """Whether some worker called :meth:`request_stop`."""
+
+    @abstractmethod
+    def describe_peers(self) -> str:
+        """The other workers' state in a line, for error messages (alive, finished, failed, what read they hold)."""
+
+    def is_gone(self, rank: int) -> bool:
+        """Whether ``rank`` was dropped from the run and the others go on without it. Engines that stop the whole
+        run on any failure (this default) never drop a worker."""
+        del rank
+        return False
+
+    def leave(self) -> bool:
+        """Leave the run for good after :meth:`finish` or :meth:`abort` and release this worker's resources;
+        ``True`` if this worker also removed what the run shares (it was the last to leave)."""
+        self.close()
+        return True
 
     @abstractmethod
     def begin_step(self, local_params: Sequence[torch.Tensor]) -> None:

@@ -427,10 +427,14 @@ class ParameterServerEngine(OwnerServing, PushPullClient, Engine):
         if requests:
             self._exchange(requests)
 
-    def wait_for_workers(self, timeout: float | None = None) -> bool:
-        """Bounded wait until every worker called :meth:`finish` (or was evicted/died); ``True`` if all did."""
+    def wait_for_workers(self, timeout: float | None = None, *, raise_on_failure: bool = True) -> bool:
+        """Bounded wait until every worker called :meth:`finish` (or was evicted/died); ``True`` if all did.
+        ``raise_on_failure``: raise the failure of this rank's owner side (a peer's failure reaches this worker as
+        its owner's error at its next exchange, or as evicted or dead here)."""
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
         while True:
+            if raise_on_failure:
+                self._local_failed()
             done = self._store.add("finished", 0) if self._store is not None else int(self._finished)
             gone = 0
             if self.authority is not None:
@@ -440,6 +444,8 @@ class ParameterServerEngine(OwnerServing, PushPullClient, Engine):
                 return True
             if time.monotonic() > deadline:
                 return False
+            if self.interrupt is not None:
+                self.interrupt()
             time.sleep(0.01)
 
     # ------------------------------------------------------------------ failed workers

@@ -153,6 +153,8 @@ class _Authority:
                     self.cond.notify_all()
                 raise error
             self.cond.wait(min(remaining, 0.5))
+            if w == self.e.worker and self.e.interrupt is not None:
+                self.e.interrupt()  # this worker's own wait (its main thread): a SIGTERM ends it
 
     def _evict(self, w: int, status: int) -> None:
         if self.status[w] in (_EVICTED, _DEAD, _FINISHED):

@@ -69,6 +69,9 @@ _STATUS_NAMES = {0: "not started", _RUNNING: "running", _FINISHED: "finished", _
 _UNBOUNDED_BINS = 64
 #: seconds between two checks that the other workers' processes are alive (a few ``kill(pid, 0)`` calls)
 LIVENESS_INTERVAL = 0.5
+#: after a failure whose cause is known, how long worker 0 waits for the others to stop before it leaves the run's
+#: shared memory: each notices the failure at its next step or wait, so this does not depend on ``timeout``
+ABORT_GRACE_SECONDS = 10.0
 
 
 class SharedMemoryEngine(Engine):
