@@ -83,10 +83,19 @@ def _worker(args: argparse.Namespace) -> None:
     trainer = L.Trainer(
         accelerator="cpu", devices=args.devices, strategy=strategy, max_epochs=args.epochs, callbacks=callbacks,
         logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        num_sanity_val_steps=0,
+        num_sanity_val_steps=0, limit_val_batches=args.limit_val_batches,
     )
-    model = MLPClassifier(hidden_dims=[128, 128], optimizer=lambda p: torch.optim.Adam(p, lr=args.lr))
-    data = DigitsDataModule(batch_size=args.batch_size)
+    if args.model == "gpt":
+        from lightning_async.data import TextDataModule
+        from lightning_async.models import CharGPT
+
+        # about 10.7M parameters: steps of a realistic size, where sending the parameters costs something
+        model = CharGPT(block_size=128, n_layer=6, n_head=6, n_embd=384, dropout=0.0,
+                        optimizer=lambda p: torch.optim.Adam(p, lr=args.lr))
+        data = TextDataModule(block_size=128, batch_size=args.batch_size, train_stride=args.train_stride)
+    else:
+        model = MLPClassifier(hidden_dims=[128, 128], optimizer=lambda p: torch.optim.Adam(p, lr=args.lr))
+        data = DigitsDataModule(batch_size=args.batch_size)
     trainer.fit(model, data)
     report = {
         "rank": trainer.global_rank,
@@ -95,6 +104,7 @@ def _worker(args: argparse.Namespace) -> None:
         "batches": recorder.batches,
         "samples": recorder.batches * args.batch_size,
         "val_acc": float(trainer.callback_metrics.get("val/acc", float("nan"))),
+        "val_loss": float(trainer.callback_metrics.get("val/loss", float("nan"))),
         "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
     telemetry = getattr(trainer.strategy, "telemetry", None)
@@ -119,7 +129,8 @@ def _run(args: argparse.Namespace, strategy: str, factor: float, devices: int, t
         "--devices", str(devices), "--epochs", str(args.epochs), "--lr", str(args.lr),
         "--batch-size", str(args.batch_size), "--max-staleness", str(args.max_staleness),
         "--bound-policy", args.bound_policy, "--engine", args.engine, "--overlap", args.overlap,
-        "--report-dir", str(report_dir),
+        "--report-dir", str(report_dir), "--model", args.model, "--train-stride", str(args.train_stride),
+        "--limit-val-batches", str(args.limit_val_batches),
     ]
     launch_vars = ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "GROUP_RANK")
     env = {k: v for k, v in os.environ.items() if k not in launch_vars}
@@ -135,7 +146,8 @@ def _run(args: argparse.Namespace, strategy: str, factor: float, devices: int, t
         "strategy": strategy, "factor": factor, "devices": devices, "wall_seconds": wall,
         "train_seconds": seconds, "samples": samples, "samples_per_s": samples / seconds,
         "time_to_target": _time_to_target(ranks[0]["series"], args.target),
-        "val_acc": ranks[0]["val_acc"], "max_rss_mb": [r["max_rss_mb"] for r in ranks],
+        "val_acc": ranks[0]["val_acc"], "val_loss": ranks[0].get("val_loss"),
+        "max_rss_mb": [r["max_rss_mb"] for r in ranks],
         "staleness_mean": ranks[0].get("staleness_mean"), "staleness_max": ranks[0].get("staleness_max"),
         "series": ranks[0]["series"],
     }
@@ -274,6 +286,12 @@ def main() -> None:
     parser.add_argument("--engine", default="shared_memory", choices=["shared_memory", "parameter_server"])
     parser.add_argument("--overlap", default="auto", choices=sorted(_OVERLAP),
                         help="parameter_server: pipeline the pushes (the strategy's overlap; auto = its default)")
+    parser.add_argument("--model", default="mlp", choices=["mlp", "gpt"],
+                        help="mlp: the digits MLP (26k parameters); gpt: a byte-level transformer of about 10.7M "
+                             "parameters on the offline python_docs corpus (use --target 2.5 or so)")
+    parser.add_argument("--train-stride", type=int, default=1024,
+                        help="gpt: tokens between two training windows (1024: about 1000 windows of 128 per epoch)")
+    parser.add_argument("--limit-val-batches", type=float, default=1.0)
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     parser.add_argument("--plot", default=None, help="write the loss-against-time figure (PNG) here")
     parser.add_argument("--work-dir", default="results/straggler_runs")

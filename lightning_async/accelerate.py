@@ -156,6 +156,7 @@ class AsyncTraining:
         self._closed = False
         self._owns_directory = False
         self._previous_sigterm: Any = None
+        self._rank = self.rank  # for the exit handler: Accelerate's state may be reset by then
 
     # ------------------------------------------------------------------ properties
     @property
@@ -468,6 +469,7 @@ class AsyncTraining:
         if self._closed:
             return
         self._closed = True
+        atexit.unregister(self._close_at_exit)  # a closed run needs nothing at exit (nor to be kept alive until then)
         if self._hook is not None:
             self._hook.remove()
             self._hook = None
@@ -495,7 +497,8 @@ class AsyncTraining:
 
     def _close_at_exit(self) -> None:
         # the interpreter exits (an uncaught error, or a script that never called finish()): stop the run with a reason
-        self._close(f"worker {self.rank}'s process exited before AsyncTraining.finish() (an uncaught error?)")
+        if not self._closed:
+            self._close(f"worker {self._rank}'s process exited before AsyncTraining.finish() (an uncaught error?)")
 
     def _remove_directory(self) -> None:
         if self._owns_directory:

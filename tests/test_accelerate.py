@@ -359,7 +359,9 @@ def test_a_failing_worker_stops_the_other_naming_the_cause(tmp_path: Path, faili
     assert results[failing].returncode != 0 and f"worker {failing} fails on purpose" in results[failing].stderr
     survivor = results[other]
     assert survivor.returncode != 0, survivor.stderr[-2000:]
-    cause = f"RuntimeError: worker {failing} fails on purpose" if mode == "with" else "process exited before"
+    cause = f"RuntimeError: worker {failing} fails on purpose"
+    if mode == "bare":
+        cause = f"worker {failing}'s process exited before AsyncTraining.finish()"
     assert f"RunAbortedError: worker {failing} stopped the run ({cause}" in survivor.stderr, survivor.stderr[-2000:]
     assert elapsed < 40  # the survivor had about 50 s of steps left
     records = _records(tmp_path)

@@ -25,6 +25,7 @@ import torch.distributed as dist
 from lightning_async._engine import ps_wire as wire
 from lightning_async._engine.base import Engine, NonFiniteStreak
 from lightning_async._engine.bound import StalenessBound
+from lightning_async._engine.pending import PendingUpdate
 from lightning_async._engine.ps_client import PushPullClient
 from lightning_async._engine.ps_common import (
     _CODE_V,
@@ -244,13 +245,10 @@ class ParameterServerEngine(OwnerServing, PushPullClient, Engine):
         self._step_interval = 0.0  # moving average of the time between two submits
         self._last_submit = 0.0
         self._submits = 0
-        self._owned_pending: set[int] = set()
         # ---- worker-side state, per owner
         self._seq = 0
         self._reads: dict[int, int | None] = {o: None for o in owners}
-        self._pending: dict[int, list[torch.Tensor | None] | None] = {o: None for o in owners}
-        self._pending_count = {o: 0 for o in owners}
-        self._pending_samples = {o: 0 for o in owners}
+        self._pending = {o: PendingUpdate() for o in owners}  # per owner: its blocks' part of the held update
         self._owner_versions = {o: 0 for o in owners}
         self._nonfinite = NonFiniteStreak(self.worker)
         self._local_step = 0
@@ -349,7 +347,7 @@ class ParameterServerEngine(OwnerServing, PushPullClient, Engine):
         first = missing[0]
         release = [o for o in self.owner_ranks
                    if o > first and (self._reads[o] is not None or o in self._inflight)]
-        if release and not self._inflight and all(self._pending[o] is None for o in release):
+        if release and not self._inflight and not any(self._pending[o] for o in release):
             self._read_many(local_params, release, wire.RELEASE)
         else:
             for o in reversed(release):
@@ -393,7 +391,7 @@ class ParameterServerEngine(OwnerServing, PushPullClient, Engine):
         """Apply what is deferred (waiting for admission), release every read, refresh ``local_params``."""
         self._local_failed()
         start = time.perf_counter()
-        if self._inflight or any(self._pending[o] is not None for o in self.owner_ranks):
+        if self._inflight or any(self._pending[o] for o in self.owner_ranks):
             # owner by owner, highest first: each wait then happens while this worker holds reads at lower owners
             # only (as in begin_step)
             for o in reversed(self.owner_ranks):
@@ -614,7 +612,7 @@ class ParameterServerEngine(OwnerServing, PushPullClient, Engine):
                               ints={wire.P_VERSION: base, wire.P_SAMPLES: 0, wire.P_FLAGS: 0})
         verdict = _CODE_V.get(self._exchange({owner: parts})[owner][wire.P_FLAGS], "?")
         if verdict not in ("deferred", "rejected_nonfinite", "rejected_duplicate"):
-            self._clear_pending(owner)
+            self._pending[owner].clear()
             if self._spare[owner]:  # the owner released one of the pair: the other read of that version is held
                 self._spare[owner] = False
             else:

@@ -140,17 +140,17 @@ class PushPullClient:
             # as for a blocking push: the read stays held at the owner (and a deferred update stays pending: the
             # next gradient is summed into it)
             self._reads[owner] = posted.base
-            if owner not in self._owned_pending and self._pending[owner] is not None:
-                # the pending sum is one raw gradient, the caller's (it may have been zeroed in place since): take
-                # it back from the frame that was sent, which holds an exact copy
+            pending = self._pending[owner]
+            if pending.count == 1 and pending.grads is not None:
+                # the pending update is one raw gradient, the caller's (it may have been zeroed in place since, and
+                # keep() does nothing once owned): take it back from the frame that was sent, an exact copy
                 sent = self._sent_blocks(posted.parts)
-                self._pending[owner] = [
+                pending.keep([
                     None if g is None else sent[b] if g.numel() else g.detach().clone()
-                    for b, g in zip(self.ownership[owner], self._pending[owner])
-                ]
-                self._owned_pending.add(owner)
+                    for b, g in zip(self.ownership[owner], pending.grads)
+                ])
             return
-        self._clear_pending(owner)  # applied, or rejected for good (as a blocking push's verdict)
+        self._pending[owner].clear()  # applied, or rejected for good (as a blocking push's verdict)
         if posted.read < 0:
             self._reads[owner] = None
 
@@ -263,7 +263,7 @@ class PushPullClient:
 
     def _defer_behind_inflight(self, owner: int, grads: list[torch.Tensor | None], samples: int) -> str:
         """Sum this gradient into the next push to ``owner`` (the one in flight has not come back)."""
-        self._add_pending(owner, grads, samples, own=True)
+        self._pending[owner].add([grads[b] for b in self.ownership[owner]], samples, own=True)
         self._overlap_deferred[owner] += 1
         return "deferred"
 
@@ -295,10 +295,10 @@ class PushPullClient:
         flags = (0 if last else wire.F_WANT_READ) | wire.F_PIPELINED | (wire.F_WANT_PAIR if repipe else 0)
         flags |= wire.F_MUST_APPLY if policy == "accumulate" else 0
         parts = self._request(owner, wire.PUSH, blocks=[(b, base, g) for b, g in blocks], ints={
-            wire.P_VERSION: base, wire.P_SAMPLES: self._pending_samples[owner], wire.P_FLAGS: flags,
+            wire.P_VERSION: base, wire.P_SAMPLES: self._pending[owner].samples, wire.P_FLAGS: flags,
             wire.P_EXTRA: self._overlap_deferred[owner],
         })
-        self._clear_pending(owner)
+        self._pending[owner].clear()
         self._overlap_deferred[owner] = 0
         self._post_pipelined(owner, parts)
         self._inflight[owner].repipe = repipe
@@ -437,19 +437,17 @@ class PushPullClient:
                 raise AsyncTrainingError(f"worker {self.worker}: submit() without a read at owner rank {o}; call "
                                          "begin_step() first")
             if grads is None or not finite:
-                pend = self._pending[o]
                 if grads is not None:  # non-finite: the raw gradient, alone
                     blocks = [(b, grads[b]) for b in self.ownership[o] if grads[b] is not None]
                     offers[o] = (self._reads[o], blocks, samples)  # type: ignore[assignment]
                     continue
-                if pend is None:
+                if not self._pending[o]:
                     continue
-                n = self._pending_count[o]  # the mean of the summed gradients, as when offered at a step
-                blocks = [(b, g.div(n) if n > 1 else g) for b, g in zip(self.ownership[o], pend) if g is not None]
+                blocks = self._offered(o)  # the mean of the summed gradients, as when offered at a step
             else:
                 blocks = self._add_pending(o, grads, samples)
-                checked[o] = self._pending_count[o] == 1  # the raw gradient submit() found finite
-            offers[o] = (self._reads[o], blocks, self._pending_samples[o] if finite else samples)  # type: ignore
+                checked[o] = self._pending[o].count == 1  # the raw gradient submit() found finite
+            offers[o] = (self._reads[o], blocks, self._pending[o].samples if finite else samples)  # type: ignore
         if not offers:
             return verdicts
         flags = wire.F_MUST_APPLY if must_apply else wire.F_WANT_READ
@@ -500,14 +498,13 @@ class PushPullClient:
                 if version >= 0:
                     self._copy_reply(local_params, reply, o)
             verdicts[o] = verdict
-            if verdict == "deferred" and o not in self._owned_pending and self._pending[o] is not None:
+            if verdict == "deferred":
                 # kept past this step: own the buffers now (submit may report another owner's verdict, and the caller
                 # may then zero its gradients in place)
-                self._pending[o] = [None if g is None else g.detach().clone() for g in self._pending[o]]
-                self._owned_pending.add(o)
+                self._pending[o].keep()
             if verdict == "deferred" or verdict == "rejected_nonfinite" or verdict == "rejected_duplicate":
                 continue  # the read stays held (and a deferred update stays pending)
-            self._clear_pending(o)
+            self._pending[o].clear()
             self._reads[o] = version if version >= 0 else None
             if o in repipe and o != self.worker and version >= 0 and replies[o][wire.P_READS] == 2:
                 # granted a pair: overlap again from the next step
@@ -515,48 +512,19 @@ class PushPullClient:
                 self._piped[o] = True
         return verdicts
 
-    def _add_pending(
-        self, o: int, grads: list[torch.Tensor | None], samples: int, own: bool = False
-    ) -> list[tuple[int, torch.Tensor]]:
-        """Add this gradient's blocks of owner ``o`` to its pending update; return the blocks to offer (mean).
-        ``own``: copy the gradients now (the caller is told ``"deferred"`` and may zero them)."""
-        mine = [grads[b] for b in self.ownership[o]]
-        pend = self._pending[o]
-        if pend is None:
-            self._pending[o] = [None if g is None else g.detach().clone() for g in mine] if own else list(mine)
-            if own:
-                self._owned_pending.add(o)
-        else:
-            if self._pending_count[o] == 1 and o not in self._owned_pending:  # first deferral: own the buffers
-                pend = [None if g is None else g.detach().clone() for g in pend]
-                self._pending[o] = pend
-                self._owned_pending.add(o)
-            for i, g in enumerate(mine):
-                if g is None:
-                    continue
-                if pend[i] is None:
-                    pend[i] = g.detach().clone()
-                else:
-                    pend[i].add_(g)  # type: ignore[union-attr]
-        self._pending_count[o] += 1
-        self._pending_samples[o] += samples
-        count = self._pending_count[o]
-        out = []
-        for b, g in zip(self.ownership[o], self._pending[o] or ()):
-            if g is not None:
-                out.append((b, g.div(count) if count > 1 else g))
-        return out
+    def _add_pending(self, o: int, grads: list[torch.Tensor | None], samples: int) -> list[tuple[int, torch.Tensor]]:
+        """Add this gradient's blocks of owner ``o`` to its pending update; return the blocks to offer."""
+        self._pending[o].add([grads[b] for b in self.ownership[o]], samples)
+        return self._offered(o)
 
-    def _clear_pending(self, o: int) -> None:
-        self._owned_pending.discard(o)
-        self._pending[o] = None
-        self._pending_count[o] = 0
-        self._pending_samples[o] = 0
+    def _offered(self, o: int) -> list[tuple[int, torch.Tensor]]:
+        """The blocks of owner ``o``'s pending update to offer: the mean of the gradients it holds."""
+        return [(b, g) for b, g in zip(self.ownership[o], self._pending[o].update()) if g is not None]
 
     def _flush_owner(self, local_params: Sequence[torch.Tensor], o: int) -> None:
         """Settle the pipelined push to owner ``o``, apply the update deferred there (waiting for its admission),
         and release every read this worker holds there."""
         self._settle(o)
-        if self._pending[o] is not None:
+        if self._pending[o]:
             self._push_all(local_params, None, 0, finite=True, must_apply=True, owners=[o])
         self._read_many(local_params, [o], wire.RELEASE)

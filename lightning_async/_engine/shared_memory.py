@@ -51,6 +51,7 @@ from lightning_async._engine.base import (
     is_async_optimizer,
 )
 from lightning_async._engine.bound import StalenessBound, is_feasible
+from lightning_async._engine.pending import PendingUpdate
 from lightning_async._engine.shm import (
     FileLock,
     make_private_directory,
@@ -154,9 +155,7 @@ class SharedMemoryEngine(Engine):
                 optimizer.init_state()  # type: ignore[attr-defined]
                 self._export_state(range(n))
         self._read: int | None = None
-        self._pending: list[torch.Tensor | None] | None = None
-        self._pending_count = 0
-        self._pending_samples = 0
+        self._pending = PendingUpdate()
         self._nonfinite = NonFiniteStreak(self.worker)
         self._local_step = 0
         self._next_liveness_check = 0.0
@@ -241,24 +240,10 @@ class SharedMemoryEngine(Engine):
             self._busy(start)
             return "rejected_nonfinite"
         self._nonfinite.record(True, self._local_step, self.max_consecutive_nonfinite)
-        self._add_pending(grads, samples)
+        self._pending.add(grads, samples)  # borrowed: applied before the caller touches its gradients again
         verdict = self._offer()
         self._busy(start)
         return verdict
-
-    def _add_pending(self, grads: list[torch.Tensor | None], samples: int) -> None:
-        if self._pending is None:
-            self._pending = list(grads)  # no copy: applied before the caller touches its gradients again
-        else:
-            for i, g in enumerate(grads):
-                if g is None:
-                    continue
-                if self._pending[i] is None:
-                    self._pending[i] = g.detach().clone()
-                else:
-                    self._pending[i].add_(g)  # type: ignore[union-attr]
-        self._pending_count += 1
-        self._pending_samples += samples
 
     def _offer(self) -> str:
         assert self._read is not None, "submit() without begin_step()"
@@ -270,13 +255,12 @@ class SharedMemoryEngine(Engine):
                 reserved = self._try_reserve()
             if reserved is None and policy == "accumulate":
                 self._count("deferred")
-                if self._pending_count == 1:  # kept past this step: own the buffers, the caller may zero its grads
-                    self._pending = [None if g is None else g.detach().clone() for g in self._pending or ()]
+                self._pending.keep()  # kept past this step: the caller may zero its gradients
                 return "deferred"
         self._count("received")
         if reserved is None:  # drop: too stale
             self._count("rejected_stale")
-            self._clear_pending()
+            self._pending.clear()
             self._release_read()
             return "rejected_stale"
         self._apply_reserved(reserved)
@@ -292,9 +276,9 @@ class SharedMemoryEngine(Engine):
             with self.lock.hold():
                 self._view("writing")[self.worker] = _IDLE
         self._count("applied")
-        self._count("samples", self._pending_samples)
+        self._count("samples", self._pending.samples)
         self.hist[self.worker, min(staleness, self._bins - 1)] += 1
-        self._clear_pending()
+        self._pending.clear()
         self._read = None
 
     def _try_reserve(self) -> int | None:
@@ -309,20 +293,19 @@ class SharedMemoryEngine(Engine):
         self._view("writing")[self.worker] = version
         self._view("reads")[self.worker] = _IDLE
         blocks = self._view("block_versions")
-        for i, g in enumerate(self._pending or ()):
+        for i, g in enumerate(self._pending.grads or ()):
             if g is not None:
                 blocks[i] += 1
         return version
 
     def _apply(self, staleness: int) -> None:
-        pending = self._pending or []
-        scale = 1.0 / self._pending_count if self._pending_count > 1 else None
+        pending = self._pending.update()
         saved = []
         with torch.no_grad():
             for q, s, g in zip(self.params, self.shared, pending):
                 saved.append((q.data, q.grad))
                 q.data = s
-                q.grad = None if g is None else (g.mul(scale) if scale is not None else g)
+                q.grad = g
             try:
                 if all(self._attached[i] or pending[i] is None for i in range(len(self.params))):
                     with nullcontext() if self.lock_free else self.write_lock.hold():
@@ -344,11 +327,6 @@ class SharedMemoryEngine(Engine):
         else:
             self.optimizer.step()
 
-    def _clear_pending(self) -> None:
-        self._pending = None
-        self._pending_count = 0
-        self._pending_samples = 0
-
     def _release_read(self) -> None:
         if self._read is not None:
             with self.lock.hold():
@@ -360,7 +338,7 @@ class SharedMemoryEngine(Engine):
         # "Connection closed by peer"; a short epoch can end between two liveness checks
         self._next_liveness_check = 0.0
         self.check_peers()
-        if self._pending is not None:
+        if self._pending:
             start = time.perf_counter()
             reserved = self._wait_until(self._try_reserve, "apply the deferred update at the end of the epoch")
             self._count("received")

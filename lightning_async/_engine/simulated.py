@@ -37,6 +37,7 @@ from torch import nn
 
 from lightning_async._engine.blocks import OVERLAPS, BlockLayout, BlockSelector, BlocksSpec, make_blocks
 from lightning_async._engine.bound import StalenessBound
+from lightning_async._engine.pending import ACCUMULATE_REDUCTIONS, PendingUpdate
 from lightning_async._engine.records import (
     APPLIED,
     REJECTED_NON_FINITE,
@@ -52,7 +53,6 @@ DataSource = Callable[[torch.Generator], Any] | Iterable[Any]
 """A callable ``data(generator) -> batch`` (drawing from the run's data generator), or any iterable of batches
 (restarted when exhausted, e.g. a ``DataLoader``)."""
 
-ACCUMULATE_REDUCTIONS: tuple[str, ...] = ("sum", "mean")
 
 
 def derive_seed(seed: int, stream: str) -> int:
@@ -105,16 +105,14 @@ class SimulationState:
 class _Worker:
     """What one virtual worker holds between its read and its push."""
 
-    __slots__ = ("blocks", "touched", "params", "reads", "grads", "samples", "computations", "steps", "held")
+    __slots__ = ("blocks", "touched", "params", "reads", "pending", "steps", "held")
 
     def __init__(self) -> None:
         self.blocks: tuple[int, ...] = ()
         self.touched: tuple[int, ...] = ()
         self.params: tuple[int, ...] = ()
         self.reads: dict[int, int] = {}
-        self.grads: list[torch.Tensor | None] = []
-        self.samples = 0
-        self.computations = 0
+        self.pending = PendingUpdate()  # the gradients computed on the read held, not yet applied
         self.steps = 0
         self.held: list[torch.Tensor] | None = None
 
@@ -311,33 +309,31 @@ class SimulatedEngine:
             self._inflight[b][worker] = v
         if self.bound.policy == "accumulate":
             w.held = [p.detach().clone() for p in self.params]
-        w.grads, w.samples = self._gradient(w.params)
-        w.computations = 1
+        grads, samples = self._gradient(w.params)
+        w.pending.add(grads, samples, adopt=True)
         heapq.heappush(self._events, (now + self.clock.duration(worker), worker))
 
     def _release(self, worker: int) -> None:
         w = self._state[worker]
         for b in w.touched:
             del self._inflight[b][worker]
-        w.reads, w.grads, w.held, w.steps = {}, [], None, w.steps + 1
+        w.pending.clear()
+        w.reads, w.held, w.steps = {}, None, w.steps + 1
 
     def _verdict(self, worker: int, verdict: str) -> None:
         w = self._state[worker]
         staleness = {b: self.versions[b] - w.reads[b] for b in w.touched}
-        self.counters.count(verdict, max(staleness[b] for b in w.blocks), w.samples)
+        self.counters.count(verdict, max(staleness[b] for b in w.blocks), w.pending.samples)
         if self.keep_records:
             self.records.extend(
-                UpdateRecord(worker, b, w.reads[b], staleness[b], verdict, w.samples) for b in w.touched
+                UpdateRecord(worker, b, w.reads[b], staleness[b], verdict, w.pending.samples) for b in w.touched
             )
 
     def _apply(self, worker: int, now: float) -> None:
         w = self._state[worker]
         self.wait_time += now - self._wait_since.pop(worker, now)
         self._verdict(worker, APPLIED)
-        scale = 1.0 / w.computations if self.accumulate_reduction == "mean" and w.computations > 1 else None
-        for i, g in zip(w.params, w.grads):
-            if g is not None and scale is not None:
-                g = g * scale
+        for i, g in zip(w.params, w.pending.update(self.accumulate_reduction)):
             self.params[i].grad = g
         shared = [i for i in w.params if self.layout.multiplicity[i] > 1] if self._average else []
         before = [self.params[i].detach().clone() for i in shared]
@@ -368,7 +364,7 @@ class SimulatedEngine:
     def _on_push(self, worker: int, now: float) -> str:
         """Handle the end of a computation of ``worker``; return ``"applied"``, ``"rejected"`` or ``"deferred"``."""
         w = self._state[worker]
-        if not self._finite(w.grads):
+        if not self._finite(w.pending.grads or []):
             self._non_finite_streak[worker] += 1
             if self._non_finite_streak[worker] >= self.max_non_finite:
                 raise RuntimeError(
@@ -394,9 +390,7 @@ class SimulatedEngine:
         else:
             assert w.held is not None
             grads, samples = self._gradient_at(w.held, w.params)
-            w.grads = [g if h is None else (h if g is None else h + g) for g, h in zip(grads, w.grads)]
-            w.samples += samples
-            w.computations += 1
+            w.pending.add(grads, samples, adopt=True)
             heapq.heappush(self._events, (now + self.clock.duration(worker), worker))
         return "deferred"
 

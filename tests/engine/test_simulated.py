@@ -150,7 +150,7 @@ def test_accumulate_loses_no_work_and_sums_gradients() -> None:
     applied_samples = sum(r.samples for r in e.records if r.block == 0)
     assert e.counters.samples_applied == applied_samples
     # every computation that finished is in an applied update or still pending in a worker
-    pending = sum(w.computations for w in e._state if w.reads)
+    pending = sum(w.pending.count for w in e._state if w.reads)
     assert e.counters.samples_applied // 5 + pending == e.computations
     assert e.counters.samples_applied > 5 * e.counters.applied  # some updates accumulated several batches
 
