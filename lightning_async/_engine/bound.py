@@ -122,11 +122,14 @@ class StalenessBound:
     def within_bound(self, staleness: int) -> bool:
         return self.max_staleness is None or staleness <= self.max_staleness
 
-    def may_read(self, version: int, other_reads: Iterable[int]) -> bool:
-        """Whether a worker may start computing on the parameters at ``version``."""
+    def may_read(self, version: int, other_reads: Iterable[int], read_version: int | None = None) -> bool:
+        """Whether a worker may start computing on the parameters of ``read_version`` (default ``version``) while
+        ``version`` updates are admitted: a read of the committed parameters is behind the admitted ones while
+        admitted updates are still being written."""
         if self.policy == "drop":
             return True
-        return is_feasible([*other_reads, version], version, self.max_staleness)
+        read = version if read_version is None else read_version
+        return is_feasible([*other_reads, read], version, self.max_staleness)
 
     def may_apply(self, version: int, read_version: int, other_reads: Iterable[int]) -> bool:
         """Whether an update read at ``read_version`` may be applied now without breaking the bound.

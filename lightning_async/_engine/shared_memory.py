@@ -50,7 +50,7 @@ from lightning_async._engine.base import (
     all_finite,
     is_async_optimizer,
 )
-from lightning_async._engine.bound import StalenessBound, is_feasible
+from lightning_async._engine.bound import StalenessBound
 from lightning_async._engine.pending import PendingUpdate
 from lightning_async._engine.shm import (
     FileLock,
@@ -222,8 +222,7 @@ class SharedMemoryEngine(Engine):
         if self.ctrl[_H_PAUSED]:
             return None
         committed = self._committed()
-        reads = [*self._other_reads(), committed]
-        if self.bound.policy != "drop" and not is_feasible(reads, self.version, self.bound.max_staleness):
+        if not self.bound.may_read(self.version, self._other_reads(), read_version=committed):
             return None
         self._view("reads")[self.worker] = committed
         return committed

@@ -55,6 +55,21 @@ def test_may_read(policy, version, others, k, may):
 @pytest.mark.parametrize(
     ("policy", "version", "read", "others", "k", "may"),
     [
+        ("accumulate", 3, 3, [2], 1, True),  # the committed parameters are the admitted ones
+        ("accumulate", 3, 2, [2], 1, False),  # two admitted updates still being written: 3 + 1 - 2 = 2 > 1
+        ("wait", 3, 2, [], 1, True),  # alone, one behind: staleness 1 <= 1
+        ("wait", 3, 1, [], 1, False),
+        ("drop", 3, 0, [0], 1, True),
+    ],
+)
+def test_may_read_behind_the_admitted_version(policy, version, read, others, k, may):
+    """The shared-memory engine reads the committed parameters while admitted updates may still be written."""
+    assert StalenessBound(k, policy).may_read(version, others, read_version=read) is may
+
+
+@pytest.mark.parametrize(
+    ("policy", "version", "read", "others", "k", "may"),
+    [
         ("accumulate", 2, 0, [], 2, True),  # staleness 2 <= 2
         ("accumulate", 3, 0, [], 2, False),  # staleness 3 > 2: deferred
         ("wait", 3, 0, [], 2, False),
