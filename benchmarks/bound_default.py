@@ -60,7 +60,7 @@ def run_one(
     counters = engine.counters.as_dict()
     applied = counters["applied"]
     return {
-        "idle": engine.wait_time / (n * engine.virtual_time),
+        "idle": engine.total_wait_time() / (n * engine.virtual_time),
         "grads_per_t": engine.computations / engine.virtual_time,
         "updates_per_grad": applied / max(engine.computations, 1),
         "staleness": counters["mean_staleness"],

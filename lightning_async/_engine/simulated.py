@@ -221,10 +221,15 @@ class SimulatedEngine:
         self.computations = 0
         """Gradient computations performed (including accumulated and dropped ones)."""
         self.wait_time = 0.0
-        """Total virtual time workers spent waiting (reads and applies)."""
+        """Virtual time workers spent in waits that ended (reads and applies); see :meth:`total_wait_time`."""
         self._wait_since: dict[int, float] = {}
         self._selection_cache: dict[tuple[int, ...], tuple[tuple[int, ...], tuple[int, ...]]] = {}
         self._started = False
+
+    def total_wait_time(self) -> float:
+        """Virtual time workers spent waiting so far, including the waits still open at :attr:`virtual_time` (with
+        many more workers than the bound admits, most waits are open at any moment)."""
+        return self.wait_time + sum(self.virtual_time - since for since in self._wait_since.values())
 
     # ----------------------------------------------------------------------------------------------- data, grads
 
@@ -508,7 +513,7 @@ class SimulatedEngine:
             "versions": list(self.versions),
             "virtual_time": self.virtual_time,
             "computations": self.computations,
-            "wait_time": self.wait_time,
+            "wait_time": self.total_wait_time(),
             "straggling_steps": self.clock.straggling_steps,
         }
 

@@ -142,6 +142,10 @@ def test_zero_bound_serializes_workers(policy: str) -> None:
     assert e.counters.staleness_histogram == {0: 40}
     assert e.virtual_time == pytest.approx(40.0)  # one computation at a time: the others waited
     assert e.wait_time > 0
+    # one worker computes at a time, so the others wait 3/4 of the time; most of those waits are still open at the
+    # end (the ended ones alone undercount it, more so the more workers wait)
+    assert e.total_wait_time() / (4 * e.virtual_time) == pytest.approx(0.75, abs=0.02)
+    assert e.total_wait_time() > e.wait_time
 
 
 def test_accumulate_loses_no_work_and_sums_gradients() -> None:
