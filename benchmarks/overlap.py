@@ -37,6 +37,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--train-stride", type=int, default=2048, help="about 500 windows of 128 bytes per epoch")
     parser.add_argument("--lr", type=float, default=3e-4)
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS,
+                        help="overlap settings to run (DDP always runs)")
     parser.add_argument("--out", default=None, help="write every run and the summary as JSON here")
     parser.add_argument("--work-dir", default="results/overlap_runs")
     args = parser.parse_args()
@@ -49,10 +51,10 @@ def main() -> None:
     results: dict = {"factors": args.factors, "repeats": args.repeats, "runs": [], "rows": []}
     print(f"{'k':>3} {'variant':>8} {'samples/s':>10} {'vs DDP':>7} {'val loss':>9} {'vs DDP':>7} {'staleness':>9}")
     for k in args.factors:
-        runs: dict[str, list[dict]] = {"ddp": [], **{v: [] for v in VARIANTS}}
+        runs: dict[str, list[dict]] = {"ddp": [], **{v: [] for v in args.variants}}
         for i in range(args.repeats):
             runs["ddp"].append(_run(run_args, "ddp", k, 2, f"ddp_k{k:g}_{i}"))
-            for variant in VARIANTS:
+            for variant in args.variants:
                 run_args.overlap = variant
                 runs[variant].append(_run(run_args, "async", k, 2, f"{variant}_k{k:g}_{i}"))
         for name, group in runs.items():

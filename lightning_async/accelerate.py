@@ -38,7 +38,6 @@ import atexit
 import contextlib
 import math
 import os
-import secrets
 import shutil
 import signal
 import threading
@@ -63,8 +62,9 @@ from lightning_async._engine.bound import (
     validate_bound_policy,
     validate_max_staleness,
 )
+from lightning_async._engine.factory import create_engine, run_token
 from lightning_async._engine.shared_memory import ABORT_GRACE_SECONDS, SharedMemoryEngine
-from lightning_async._engine.shm import remove_stale_runs, run_directory
+from lightning_async._engine.shm import run_directory
 from lightning_async._engine_optimizer import EngineOptimizer, ordered_params
 from lightning_async._sampler import dynamic_batch_loader_kwargs
 from lightning_async._schedulers import GlobalProgressScheduler
@@ -290,33 +290,16 @@ class AsyncTraining:
             raise RuntimeError(
                 f"the accelerator reports {self.num_workers} processes but torch.distributed is not initialized."
             )
-        token = torch.zeros(1, dtype=torch.int64)
-        if self.rank == 0:
-            remove_stale_runs()
-            token[0] = secrets.randbits(62)
-        if distributed:
-            dist.broadcast(token, src=0)
-        kwargs: dict[str, Any] = dict(
-            directory=run_directory(int(token[0])),
-            worker=self.rank,
-            num_workers=self.num_workers,
-            params=self._params,
-            optimizer=optimizer,
-            max_staleness=self.max_staleness,
-            bound_policy=self.bound_policy,
-            timeout=self.timeout,
-            max_consecutive_nonfinite=self.max_consecutive_nonfinite,
-        )
-        engine = None
+        token = run_token(self.rank, clean_shared_memory=True)
         if self.rank == 0:
             self._owns_directory = True
-            self._directory = kwargs["directory"]
-            engine = SharedMemoryEngine(create=True, **kwargs)
-        if distributed:
-            self.accelerator.wait_for_everyone()
-        if engine is None:
-            engine = SharedMemoryEngine(create=False, **kwargs)
-            engine.attach_state()
+            self._directory = run_directory(token)
+        engine = create_engine(
+            "shared_memory", token, worker=self.rank, num_workers=self.num_workers, params=self._params,
+            optimizer=optimizer, max_staleness=self.max_staleness, bound_policy=self.bound_policy,
+            timeout=self.timeout, max_consecutive_nonfinite=self.max_consecutive_nonfinite, barrier=self._barrier,
+        )
+        assert isinstance(engine, SharedMemoryEngine)
         return engine
 
     def _make_dataloader(self, dataloader: DataLoader) -> _AsyncDataLoader:
@@ -477,7 +460,7 @@ class AsyncTraining:
             self.optimizer._closed = True
         engine = self.engine
         if engine is not None and not self._finished:
-            self._abort(engine, failure or f"AsyncTraining.close() on worker {self.rank} before finish()")
+            self._abort(engine, failure or f"AsyncTraining.close() on worker {self._rank} before finish()")
         elif engine is not None:
             engine.close()
         self._remove_directory()
@@ -488,7 +471,7 @@ class AsyncTraining:
         (the peers read the reason there), then whoever leaves last removes it."""
         with contextlib.suppress(Exception):
             engine.abort(reason)
-        if self.rank == 0:
+        if self._rank == 0:
             with contextlib.suppress(Exception):
                 engine.wait_for_workers(ABORT_GRACE_SECONDS, raise_on_failure=False)
         self._owns_directory = False  # leave() removes it once no worker uses it

@@ -12,7 +12,6 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
-import secrets
 import shutil
 import subprocess
 import sys
@@ -52,9 +51,9 @@ from lightning_async._engine.bound import (
     validate_bound_policy,
     validate_max_staleness,
 )
+from lightning_async._engine.factory import create_engine, parameter_server_namespace, run_token
 from lightning_async._engine.parameter_server import ParameterServerEngine
 from lightning_async._engine.shared_memory import ABORT_GRACE_SECONDS, SharedMemoryEngine
-from lightning_async._engine.shm import remove_stale_runs, run_directory
 from lightning_async._engine_optimizer import EngineOptimizer, ordered_params
 from lightning_async._fetcher import fetch_ahead, use_just_in_time_fetcher
 from lightning_async._global_step import follow_global_progress, use_global_step_logging
@@ -109,7 +108,9 @@ class AsyncAdaptiveStrategy(DDPStrategy):
             while it travels, instead of waiting for the round trip (each such update is then one version staler);
             adaptive per owner, only while the round trip is a large share of the step and the other workers'
             updates interleave with this worker's. Otherwise the reply is taken as the next step starts (no
-            staleness added). ``None`` (default): on unless ``bound_policy="wait"`` or ``max_staleness < 2``.
+            staleness added). ``None`` (default): starts without overlap and turns it on per owner once the measured
+            round trip is over a third of the step (a slow link, a small model), unless ``bound_policy="wait"`` or
+            ``max_staleness < 2`` (then never). ``True``: overlap from the first step (same rule to stop).
         on_worker_failure: ``parameter_server`` only. ``"stop"`` (default): a dead or hung worker stops the run
             within ``timeout`` with an error naming its rank. ``"continue"``: a dead or hung *pure worker* (a rank
             outside ``owner_ranks``) is dropped, its in-flight update counted as ``lost``, and the others train on;
@@ -378,39 +379,20 @@ class AsyncAdaptiveStrategy(DDPStrategy):
         return samples
 
     def _create_engine(self, optimizer: torch.optim.Optimizer) -> Engine:
-        token = torch.zeros(1, dtype=torch.int64)
-        if self.global_rank == 0:
-            if self.engine_name == "shared_memory":
-                remove_stale_runs()
-            token[0] = secrets.randbits(62)
-        if dist.is_available() and dist.is_initialized():
-            dist.broadcast(token, src=0)
-        common: dict[str, Any] = dict(
-            worker=self.global_rank,
-            num_workers=self.world_size,
-            params=self._local_params,
-            optimizer=optimizer,
-            max_staleness=self.resolved_max_staleness,
-            bound_policy=self.bound_policy,
-            timeout=self.engine_timeout,
-            max_consecutive_nonfinite=self.max_consecutive_nonfinite,
+        token = run_token(self.global_rank, clean_shared_memory=self.engine_name == "shared_memory")
+        options: dict[str, Any] = (
+            dict(overlap=self.overlap, on_worker_failure=self.on_worker_failure, owner_ranks=self.owner_ranks)
+            if self.engine_name == "parameter_server" else dict(lock_free=self.lock_free)
         )
-        if self.engine_name == "parameter_server":
-            # built collectively on every rank (it creates its process groups in the same order everywhere)
-            namespace = f"lightning_async/ps/{int(token[0]):016x}"
-            ps_engine = ParameterServerEngine(
-                **common, overlap=self.overlap, on_worker_failure=self.on_worker_failure, owner_ranks=self.owner_ranks,
-                namespace=namespace,
-            )
-            if self.on_worker_failure == "continue" and self.world_size > 1:
-                self._continue_without_failed_workers(ps_engine, namespace)
-            return ps_engine
-        kwargs = dict(common, directory=run_directory(int(token[0])), lock_free=self.lock_free)
-        engine = SharedMemoryEngine(create=True, **kwargs) if self.global_rank == 0 else None
-        self.barrier("lightning_async.engine_created")
-        if engine is None:
-            engine = SharedMemoryEngine(create=False, **kwargs)
-            engine.attach_state()
+        engine = create_engine(
+            self.engine_name, token, worker=self.global_rank, num_workers=self.world_size,
+            params=self._local_params, optimizer=optimizer, max_staleness=self.resolved_max_staleness,
+            bound_policy=self.bound_policy, timeout=self.engine_timeout,
+            max_consecutive_nonfinite=self.max_consecutive_nonfinite,
+            barrier=partial(self.barrier, "lightning_async.engine_created"), **options,
+        )
+        if isinstance(engine, ParameterServerEngine) and self.on_worker_failure == "continue" and self.world_size > 1:
+            self._continue_without_failed_workers(engine, parameter_server_namespace(token))
         return engine
 
     def _continue_without_failed_workers(self, engine: ParameterServerEngine, namespace: str) -> None:

@@ -195,13 +195,14 @@ def test_the_bound_holds_under_a_straggler(tmp_path, policy):
 
 @pytest.mark.timeout(150)
 def test_overlap_under_a_straggler_keeps_every_update_and_the_bound(tmp_path):
-    """max_staleness=4, accumulate: overlap is on; the fast worker overlaps, the slowed one switches to waiting
-    for its replies. Nothing is rejected (a read taken as a pair in waiting mode used to orphan one: rejected_version),
-    every sample of every epoch lands in an applied update, and the bound holds."""
+    """max_staleness=4, accumulate, automatic overlap: the two equal workers turn overlap on (the round trip is most
+    of a step of this small model), then worker 1 is slowed and switches to waiting for its replies. Nothing is
+    rejected (a read taken as a pair in waiting mode used to orphan one: rejected_version), every sample of every
+    epoch lands in an applied update, and the bound holds."""
     n, epochs = 256, 8
-    # worker 1 sleeps 10 ms a step: its round trip becomes a small share of its step, so it stops overlapping (after
-    # 8 steps) and then crosses epoch boundaries in waiting mode, where the orphaned read used to appear
-    delay = json.dumps({"fault": "delay", "ranks": 1, "steps": list(range(200)), "seconds": 0.01})
+    # from its step 24, worker 1 sleeps 10 ms a step: its round trip becomes a small share of its step, so it stops
+    # overlapping and then crosses epoch boundaries in waiting mode, where the orphaned read used to appear
+    delay = json.dumps({"fault": "delay", "ranks": 1, "steps": list(range(24, 200)), "seconds": 0.01})
     result = _run_script(
         tmp_path, *PS, "--epochs", str(epochs), "--samples", str(n), "--max-staleness", "4", "--fault", delay,
         timeout=130,
