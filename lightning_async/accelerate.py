@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import math
 import os
 import shutil
 import signal
@@ -54,13 +53,12 @@ from accelerate.utils import DistributedType
 from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 from torch.utils.data import DataLoader, IterableDataset
 
+from lightning_async._engine.arguments import validate_run_arguments
 from lightning_async._engine.base import Telemetry
 from lightning_async._engine.bound import (
     AUTO,
     idle_warning,
     resolve_max_staleness,
-    validate_bound_policy,
-    validate_max_staleness,
 )
 from lightning_async._engine.factory import create_engine, run_token
 from lightning_async._engine.shared_memory import ABORT_GRACE_SECONDS, SharedMemoryEngine
@@ -115,23 +113,7 @@ class AsyncTraining:
     ) -> None:
         _validate_accelerator(accelerator)
         _validate_model(model)
-        validate_max_staleness(max_staleness, allow_auto=True)
-        validate_bound_policy(bound_policy)
-        if (
-            isinstance(timeout, bool)
-            or not isinstance(timeout, (int, float))
-            or not (timeout > 0 and math.isfinite(timeout))
-        ):
-            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}. For example timeout=300.")
-        if (
-            isinstance(max_consecutive_nonfinite, bool)
-            or not isinstance(max_consecutive_nonfinite, int)
-            or (max_consecutive_nonfinite < 1)
-        ):
-            raise ValueError(
-                f"max_consecutive_nonfinite must be an integer >= 1, got {max_consecutive_nonfinite!r}. "
-                "For example max_consecutive_nonfinite=5."
-            )
+        validate_run_arguments(max_staleness, bound_policy, timeout, max_consecutive_nonfinite)
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise ValueError(f"seed must be an integer, got {seed!r}.")
         self.accelerator = accelerator

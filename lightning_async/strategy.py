@@ -42,16 +42,15 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader, IterableDataset
 from typing_extensions import override
 
+from lightning_async._engine.arguments import validate_run_arguments
 from lightning_async._engine.base import Engine, Telemetry
 from lightning_async._engine.bound import (
     AUTO,
     BOUND_POLICIES,
     idle_warning,
     resolve_max_staleness,
-    validate_bound_policy,
-    validate_max_staleness,
 )
-from lightning_async._engine.factory import create_engine, parameter_server_namespace, run_token
+from lightning_async._engine.factory import ENGINES, create_engine, parameter_server_namespace, run_token
 from lightning_async._engine.parameter_server import ParameterServerEngine
 from lightning_async._engine.shared_memory import ABORT_GRACE_SECONDS, SharedMemoryEngine
 from lightning_async._engine_optimizer import EngineOptimizer, ordered_params
@@ -66,7 +65,6 @@ from lightning_async.errors import RunAbortedError
 
 #: precisions whose gradients reach ``optimizer.step`` unscaled and whose optimizer step is never skipped
 SUPPORTED_PRECISIONS = ("32-true", "32", "64-true", "64", "bf16-mixed", "bf16-true", "bf16")
-ENGINES = ("shared_memory", "parameter_server")
 _STATE_KEY = "lightning_async"
 
 
@@ -148,16 +146,9 @@ class AsyncAdaptiveStrategy(DDPStrategy):
         checkpoint_io: CheckpointIO | None = None,
         precision_plugin: Precision | None = None,
     ) -> None:
-        validate_max_staleness(max_staleness, allow_auto=True)
-        validate_bound_policy(bound_policy)
+        validate_run_arguments(max_staleness, bound_policy, timeout, max_consecutive_nonfinite)
         if engine not in ENGINES:
             raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}.")
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
-            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}.")
-        if isinstance(max_consecutive_nonfinite, bool) or not isinstance(max_consecutive_nonfinite, int) or (
-            max_consecutive_nonfinite < 1
-        ):
-            raise ValueError(f"max_consecutive_nonfinite must be an integer >= 1, got {max_consecutive_nonfinite!r}.")
         if overlap is not None and engine != "parameter_server":
             raise ValueError(
                 f"overlap={overlap!r} applies to engine='parameter_server' only (engine={engine!r} has no round trip "
