@@ -37,7 +37,6 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
-import shutil
 import signal
 import threading
 import warnings
@@ -62,7 +61,6 @@ from lightning_async._engine.bound import (
 )
 from lightning_async._engine.factory import create_engine, run_token
 from lightning_async._engine.shared_memory import ABORT_GRACE_SECONDS, SharedMemoryEngine
-from lightning_async._engine.shm import run_directory
 from lightning_async._engine_optimizer import EngineOptimizer, ordered_params
 from lightning_async._sampler import dynamic_batch_loader_kwargs
 from lightning_async._schedulers import GlobalProgressScheduler
@@ -136,7 +134,6 @@ class AsyncTraining:
         self._telemetry: Telemetry | None = None
         self._finished = False
         self._closed = False
-        self._owns_directory = False
         self._previous_sigterm: Any = None
         self._rank = self.rank  # for the exit handler: Accelerate's state may be reset by then
 
@@ -272,12 +269,9 @@ class AsyncTraining:
             raise RuntimeError(
                 f"the accelerator reports {self.num_workers} processes but torch.distributed is not initialized."
             )
-        token = run_token(self.rank, clean_shared_memory=True)
-        if self.rank == 0:
-            self._owns_directory = True
-            self._directory = run_directory(token)
         engine = create_engine(
-            "shared_memory", token, worker=self.rank, num_workers=self.num_workers, params=self._params,
+            "shared_memory", run_token(self.rank, clean_shared_memory=True), worker=self.rank,
+            num_workers=self.num_workers, params=self._params,
             optimizer=optimizer, max_staleness=self.max_staleness, bound_policy=self.bound_policy,
             timeout=self.timeout, max_consecutive_nonfinite=self.max_consecutive_nonfinite, barrier=self._barrier,
         )
@@ -444,19 +438,17 @@ class AsyncTraining:
         if engine is not None and not self._finished:
             self._abort(engine, failure or f"AsyncTraining.close() on worker {self._rank} before finish()")
         elif engine is not None:
-            engine.close()
-        self._remove_directory()
+            engine.leave()  # the last worker out removes the run's directory (peers' mappings survive the unlink)
         self._restore_sigterm()
 
     def _abort(self, engine: SharedMemoryEngine, reason: str) -> None:
-        """Tell the peers why this worker stops; the coordinator keeps the shared memory for a short grace period
-        (the peers read the reason there), then whoever leaves last removes it."""
+        """Tell the peers why this worker stops; the coordinator stays in the run for a short grace period (the peers
+        read the reason in its shared memory), then leaves: whoever leaves last removes the directory."""
         with contextlib.suppress(Exception):
             engine.abort(reason)
         if self._rank == 0:
             with contextlib.suppress(Exception):
                 engine.wait_for_workers(ABORT_GRACE_SECONDS, raise_on_failure=False)
-        self._owns_directory = False  # leave() removes it once no worker uses it
         with contextlib.suppress(Exception):
             engine.leave()
 
@@ -464,11 +456,6 @@ class AsyncTraining:
         # the interpreter exits (an uncaught error, or a script that never called finish()): stop the run with a reason
         if not self._closed:
             self._close(f"worker {self._rank}'s process exited before AsyncTraining.finish() (an uncaught error?)")
-
-    def _remove_directory(self) -> None:
-        if self._owns_directory:
-            self._owns_directory = False
-            shutil.rmtree(self._directory, ignore_errors=True)  # peers' mappings stay valid after the unlink
 
     def _install_cleanup(self) -> None:
         atexit.register(self._close_at_exit)

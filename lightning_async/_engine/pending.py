@@ -49,7 +49,7 @@ class PendingUpdate:
             adopt: the tensors are handed over (nobody else holds them): own them without a copy.
         """
         if self.grads is None:
-            self.grads = [None if g is None else g.detach().clone() for g in grads] if own else list(grads)
+            self.grads = _copied(grads) if own else list(grads)
             self._owned = own or adopt
         else:
             self.keep()
@@ -70,9 +70,7 @@ class PendingUpdate:
         ``copies``: exact copies of the borrowed gradients made elsewhere (for example the frame that was sent), used
         instead of new ones."""
         if self.grads is not None and not self._owned:
-            if copies is None:
-                copies = [None if g is None else g.detach().clone() for g in self.grads]
-            self.grads = list(copies)
+            self.grads = _copied(self.grads) if copies is None else list(copies)
             self._owned = True
 
     def update(self, reduction: str = "mean") -> list[torch.Tensor | None]:
@@ -91,3 +89,7 @@ class PendingUpdate:
 
     def __repr__(self) -> str:
         return f"PendingUpdate({self.count} gradients, {self.samples} samples)"
+
+
+def _copied(grads: Sequence[torch.Tensor | None]) -> list[torch.Tensor | None]:
+    return [None if g is None else g.detach().clone() for g in grads]

@@ -141,13 +141,13 @@ class PushPullClient:
             # next gradient is summed into it)
             self._reads[owner] = posted.base
             pending = self._pending[owner]
-            if pending.count == 1 and pending.grads is not None:
+            if pending.count == 1:
                 # the pending update is one raw gradient, the caller's (it may have been zeroed in place since, and
                 # keep() does nothing once owned): take it back from the frame that was sent, an exact copy
                 sent = self._sent_blocks(posted.parts)
                 pending.keep([
                     None if g is None else sent[b] if g.numel() else g.detach().clone()
-                    for b, g in zip(self.ownership[owner], pending.grads)
+                    for b, g in zip(self.ownership[owner], pending.grads or ())
                 ])
             return
         self._pending[owner].clear()  # applied, or rejected for good (as a blocking push's verdict)
@@ -263,7 +263,7 @@ class PushPullClient:
 
     def _defer_behind_inflight(self, owner: int, grads: list[torch.Tensor | None], samples: int) -> str:
         """Sum this gradient into the next push to ``owner`` (the one in flight has not come back)."""
-        self._pending[owner].add([grads[b] for b in self.ownership[owner]], samples, own=True)
+        self._pending[owner].add(self._owner_part(owner, grads), samples, own=True)
         self._overlap_deferred[owner] += 1
         return "deferred"
 
@@ -514,8 +514,12 @@ class PushPullClient:
 
     def _add_pending(self, o: int, grads: list[torch.Tensor | None], samples: int) -> list[tuple[int, torch.Tensor]]:
         """Add this gradient's blocks of owner ``o`` to its pending update; return the blocks to offer."""
-        self._pending[o].add([grads[b] for b in self.ownership[o]], samples)
+        self._pending[o].add(self._owner_part(o, grads), samples)
         return self._offered(o)
+
+    def _owner_part(self, o: int, grads: list[torch.Tensor | None]) -> list[torch.Tensor | None]:
+        """The gradients of owner ``o``'s blocks, in its block order."""
+        return [grads[b] for b in self.ownership[o]]
 
     def _offered(self, o: int) -> list[tuple[int, torch.Tensor]]:
         """The blocks of owner ``o``'s pending update to offer: the mean of the gradients it holds."""
