@@ -60,6 +60,7 @@ from lightning_async._engine.bound import (
     resolve_max_staleness,
 )
 from lightning_async._engine.factory import create_engine, run_token
+from lightning_async._engine.restore import restore_engine_state
 from lightning_async._engine.shared_memory import ABORT_GRACE_SECONDS, SharedMemoryEngine
 from lightning_async._engine_optimizer import EngineOptimizer, ordered_params
 from lightning_async._sampler import dynamic_batch_loader_kwargs
@@ -396,17 +397,10 @@ class AsyncTraining:
             engine.end_epoch(self._params)
             self._has_read = False
             self._barrier()
-        self.optimizer.optimizer.load_state_dict(optimizer_state)  # private copies of the state...
-        engine.adopt_optimizer_state(is_creator=self.rank == 0)  # ...which the creator puts in shared memory
-        if self.rank == 0:
-            with torch.no_grad():
-                for shared, p in zip(engine.shared, self._params):
-                    shared.copy_(p.detach())
-            if engine_state is not None:
-                engine.load_snapshot(engine_state)
-        self._barrier()
-        if self.rank != 0:
-            engine.attach_state()
+        restore_engine_state(
+            engine, self.optimizer.optimizer, optimizer_state, engine_state, is_creator=self.rank == 0,
+            barrier=self._barrier,
+        )
         engine.refresh(self._params)
         self._barrier()  # nobody trains (and writes) before every worker has attached
 

@@ -52,6 +52,7 @@ from lightning_async._engine.bound import (
 )
 from lightning_async._engine.factory import ENGINES, create_engine, parameter_server_namespace, run_token
 from lightning_async._engine.parameter_server import ParameterServerEngine
+from lightning_async._engine.restore import restore_engine_state
 from lightning_async._engine.shared_memory import ABORT_GRACE_SECONDS, SharedMemoryEngine
 from lightning_async._engine_optimizer import EngineOptimizer, ordered_params
 from lightning_async._fetcher import fetch_ahead, use_just_in_time_fetcher
@@ -548,13 +549,10 @@ class AsyncAdaptiveStrategy(DDPStrategy):
                 "lightning_async: the checkpoint has no asynchronous engine state (it was saved by another "
                 "strategy); resuming its parameters and optimizer state with versions and counters at 0."
             )
-        self.optimizers[0].load_state_dict(state)
-        self.engine.adopt_optimizer_state(is_creator=self.is_global_zero)
-        if self.is_global_zero and engine_state is not None:
-            self.engine.load_snapshot(engine_state)
-        self.barrier("lightning_async.state_loaded")
-        if not self.is_global_zero:
-            self.engine.attach_state()
+        restore_engine_state(
+            self.engine, self.optimizers[0], state, engine_state, is_creator=self.is_global_zero,
+            barrier=partial(self.barrier, "lightning_async.state_loaded"),
+        )
 
     # ------------------------------------------------------------------ teardown
     @override

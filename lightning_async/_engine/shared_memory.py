@@ -557,11 +557,15 @@ class SharedMemoryEngine(Engine):
             self._attached[i] = True
 
     def adopt_optimizer_state(self, is_creator: bool) -> None:
-        """After ``optimizer.load_state_dict``: the creator writes the loaded state to shared memory.
+        """After the model's parameters and ``optimizer.load_state_dict`` were loaded: the creator writes its
+        parameters and the loaded state to shared memory.
 
         Call on every worker, the creator first (separate the two with a barrier), then :meth:`attach_state`.
         """
         if is_creator:
+            with torch.no_grad():
+                for s, q in zip(self.shared, self.params):
+                    s.copy_(q.detach())
             self._view("state_ready")[:] = 0
             self._attached = [False] * len(self.params)
             self._export_state(range(len(self.params)))
