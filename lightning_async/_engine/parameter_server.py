@@ -37,7 +37,7 @@ from lightning_async._engine.ps_common import (
     GuardedStore,
     _padded,
 )
-from lightning_async._engine.ps_owner import _Authority
+from lightning_async._engine.ps_owner import OwnerContext, _Authority
 from lightning_async._engine.ps_placement import (
     assign_blocks,
     pair_groups,
@@ -209,7 +209,15 @@ class ParameterServerEngine(OwnerServing, PushPullClient, Engine):
                 else:
                     self._server[c] = wire.Channel(group, c, self._max_payload, inline, pinned=cuda,
                                                    peer_in_group=int(c > o))
-        self.authority = _Authority(self, self.ownership[worker]) if worker in owners else None
+        self._wait_seconds = 0.0
+        self.authority = _Authority(
+            OwnerContext(
+                rank=worker, num_workers=num_workers, owner_ranks=owners, bound=self.bound, timeout=self.timeout,
+                hang_timeout=self.hang_timeout, on_worker_failure=on_worker_failure, histogram_bins=self._bins,
+                mark_gone=self._mark_gone, own_wait=self._count_wait, interrupt=self._interrupt_own_wait,
+            ),
+            self.ownership[worker], self.params, optimizer,
+        ) if worker in owners else None
         # ---- overlap: a thread per remote owner waits for the replies to pipelined pushes (gloo's works cannot
         # be polled: is_completed() stays False until wait() is called)
         self._waiters = {
@@ -258,7 +266,6 @@ class ParameterServerEngine(OwnerServing, PushPullClient, Engine):
         self._nonfinite = NonFiniteStreak(self.worker)
         self._local_step = 0
         self._gradients = 0
-        self._wait_seconds = 0.0
         self._busy_seconds = 0.0
         self._started = 0.0
         self._finished = False
@@ -450,6 +457,13 @@ class ParameterServerEngine(OwnerServing, PushPullClient, Engine):
             if self.interrupt is not None:
                 self.interrupt()
             time.sleep(0.01)
+
+    def _count_wait(self, seconds: float) -> None:
+        self._wait_seconds += seconds
+
+    def _interrupt_own_wait(self) -> None:
+        if self.interrupt is not None:
+            self.interrupt()
 
     # ------------------------------------------------------------------ failed workers
     def _mark_gone(self, w: int) -> None:

@@ -9,13 +9,16 @@ import math
 import sys
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
 from lightning_async._engine import ps_wire as wire
 from lightning_async._engine.base import all_finite, is_async_optimizer
+from lightning_async._engine.bound import StalenessBound
 from lightning_async._engine.ps_common import (
     _DEAD,
     _EVICTED,
@@ -30,28 +33,66 @@ from lightning_async._engine.ps_placement import (
 )
 from lightning_async.errors import AsyncTrainingError, WorkerDiedError, WorkerTimeoutError
 
-if TYPE_CHECKING:
-    from lightning_async._engine.parameter_server import ParameterServerEngine
+
+@dataclass(frozen=True)
+class OwnerContext:
+    """What an owner's authority needs from the rank that hosts it: the run's settings and three hooks.
+
+    Attributes:
+        rank: the owner rank.
+        num_workers: the world size.
+        owner_ranks: every owner rank, sorted (the first one counts a non-finite update once for the run).
+        bound: the run's staleness bound.
+        timeout: seconds an admission wait may last before the read holders are blamed.
+        hang_timeout: seconds a worker holding a read may stay silent (named in the error).
+        on_worker_failure: ``"stop"`` or ``"continue"``.
+        histogram_bins: bins of the staleness histogram.
+        mark_gone: called with a worker the authority evicted (``"continue"``): the rank records it in the store.
+        own_wait: called with the seconds the rank's own worker waited at this authority (its telemetry).
+        interrupt: called while the rank's own worker waits here (it may raise, e.g. on a SIGTERM).
+    """
+
+    rank: int
+    num_workers: int
+    owner_ranks: list[int]
+    bound: StalenessBound
+    timeout: float
+    hang_timeout: float
+    on_worker_failure: str
+    histogram_bins: int
+    mark_gone: Callable[[int], None]
+    own_wait: Callable[[float], None]
+    interrupt: Callable[[], None]
 
 
 class _Authority:
-    """What one owner rank holds for its block group, shared by its server threads and its own worker."""
+    """What one owner rank holds for its block group, shared by its server threads and its own worker.
 
-    def __init__(self, engine: ParameterServerEngine, blocks: list[int]) -> None:
-        self.e = engine
+    Args:
+        context: the owner's settings and hooks.
+        blocks: the blocks this owner holds.
+        params: every worker-side parameter of the model (the owner copies its blocks').
+        optimizer: the user's optimizer; its rule runs here restricted to ``blocks``.
+    """
+
+    def __init__(
+        self, context: OwnerContext, blocks: list[int], params: list[torch.Tensor], optimizer: torch.optim.Optimizer
+    ) -> None:
+        self.ctx = context
         self.blocks = blocks
         self.cond = threading.Condition()
-        self.shadows = {b: torch.nn.Parameter(engine.params[b].detach().clone(), requires_grad=True) for b in blocks}
-        self.optimizer, self._group_of = _restricted_optimizer(engine.optimizer, engine.params, self.shadows)
+        self.shadows = {b: torch.nn.Parameter(params[b].detach().clone(), requires_grad=True) for b in blocks}
+        self.user_optimizer = optimizer
+        self.optimizer, self._group_of = _restricted_optimizer(optimizer, params, self.shadows)
         self.version = 0
         self.block_versions = {b: 0 for b in blocks}
         self.reads: dict[int, list[int]] = {}  # worker -> read versions it holds, oldest first (two with overlap)
         self.read_queue: list[int] = []  # workers waiting for a read, first come first served
         self.last_seq: dict[int, int] = {}
-        p = engine.num_workers
+        p = context.num_workers
         self.applied_samples = [0] * p  # per worker: the samples its applied updates carried
         self.counts = np.zeros((p, len(OWNER_COUNTERS)), dtype=np.int64)
-        self.hist = np.zeros((p, engine._bins), dtype=np.int64)
+        self.hist = np.zeros((p, context.histogram_bins), dtype=np.int64)
         self.reported = np.zeros((p, len(_REPORTED)), dtype=np.float64)
         self.status = [0] * p
         self.last_seen = [time.time()] * p
@@ -80,7 +121,7 @@ class _Authority:
             raise self.failed
         if self.status[w] in (_EVICTED, _DEAD):
             raise WorkerTimeoutError(
-                f"worker {w} was evicted by owner rank {self.e.worker} (it was unresponsive for longer than the "
+                f"worker {w} was evicted by owner rank {self.ctx.rank} (it was unresponsive for longer than the "
                 "timeout); its updates are no longer accepted."
             )
 
@@ -123,38 +164,38 @@ class _Authority:
     def wait_for(self, w: int, predicate: Any, what: str) -> None:
         """Under the lock: wait until ``predicate()``; on ``timeout``, fail or evict the silent read holders."""
         start = time.monotonic()
-        deadline = start + self.e.timeout
+        deadline = start + self.ctx.timeout
         while True:
             self.check(w)
             if predicate():
                 waited = time.monotonic() - start
-                if waited > 0 and w == self.e.worker:
-                    self.e._wait_seconds += waited
+                if waited > 0 and w == self.ctx.rank:
+                    self.ctx.own_wait(waited)
                 return
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 holders = self._blame(w)
                 message = (
-                    f"worker {w} waited {self.e.timeout:.1f}s at owner rank {self.e.worker} to {what}; "
+                    f"worker {w} waited {self.ctx.timeout:.1f}s at owner rank {self.ctx.rank} to {what}; "
                     f"{self._describe(holders)}"
                 )
-                if self.e.on_worker_failure == "continue":
-                    silent = [h for h in holders if time.time() - self.last_seen[h] >= self.e.timeout]
+                if self.ctx.on_worker_failure == "continue":
+                    silent = [h for h in holders if time.time() - self.last_seen[h] >= self.ctx.timeout]
                     if silent:
                         for h in silent:
                             self._evict(h, _EVICTED)
-                        deadline = time.monotonic() + self.e.timeout
+                        deadline = time.monotonic() + self.ctx.timeout
                         continue
                 error = WorkerTimeoutError(
                     message + ". Raise the timeout if the peers are just slow, or raise max_staleness."
                 )
-                if holders and self.e.on_worker_failure == "stop":
+                if holders and self.ctx.on_worker_failure == "stop":
                     self.failed = error
                     self.cond.notify_all()
                 raise error
             self.cond.wait(min(remaining, 0.5))
-            if w == self.e.worker and self.e.interrupt is not None:
-                self.e.interrupt()  # this worker's own wait (its main thread): a SIGTERM ends it
+            if w == self.ctx.rank:
+                self.ctx.interrupt()  # this worker's own wait (its main thread): a SIGTERM ends it
 
     def _evict(self, w: int, status: int) -> None:
         if self.status[w] in (_EVICTED, _DEAD, _FINISHED):
@@ -165,15 +206,15 @@ class _Authority:
         if lost:
             self.count(w, "lost", lost)  # the updates it was computing (or sending) will never arrive
         self.cond.notify_all()
-        self.e._mark_gone(w)
+        self.ctx.mark_gone(w)
 
     def worker_failed(self, w: int, error: wire.ChannelError) -> None:
         with self.cond:
             if self.status[w] == _FINISHED:
                 return
-            if self.e.on_worker_failure == "continue":
+            if self.ctx.on_worker_failure == "continue":
                 print(
-                    f"lightning_async: owner rank {self.e.worker}: worker {w} "
+                    f"lightning_async: owner rank {self.ctx.rank}: worker {w} "
                     f"{'is hung' if error.timed_out else 'is gone (its connection closed)'}; its in-flight update is "
                     "lost and the others carry on (on_worker_failure='continue').",
                     file=sys.stderr, flush=True,
@@ -183,13 +224,13 @@ class _Authority:
             if self.failed is None:
                 if error.timed_out:
                     self.failed = WorkerTimeoutError(
-                        f"worker {w} held a read at owner rank {self.e.worker} and sent nothing for "
-                        f"{self.e.hang_timeout:.1f}s: it is hung; the run stops (on_worker_failure='stop'). "
+                        f"worker {w} held a read at owner rank {self.ctx.rank} and sent nothing for "
+                        f"{self.ctx.hang_timeout:.1f}s: it is hung; the run stops (on_worker_failure='stop'). "
                         "Resume with Trainer.fit(..., ckpt_path='last')."
                     )
                 else:
                     self.failed = WorkerDiedError(
-                        f"worker {w} is no longer running (its connection to owner rank {self.e.worker} closed); "
+                        f"worker {w} is no longer running (its connection to owner rank {self.ctx.rank} closed); "
                         "the run stops (on_worker_failure='stop'). Resume with Trainer.fit(..., ckpt_path='last')."
                     )
             self.status[w] = _EVICTED if error.timed_out else _DEAD
@@ -213,7 +254,7 @@ class _Authority:
 
     def _may_read(self, w: int, pair: bool = False) -> bool:
         held = self._in_flight(w)
-        return self.e.bound.may_read(self.version, [*held, self.version] if pair else held)
+        return self.ctx.bound.may_read(self.version, [*held, self.version] if pair else held)
 
     def read(self, w: int, mode: int, out: Any = None) -> tuple[int, Any, int]:
         """Serve a READ: returns (version or -1 if no read was taken, parameters or None, reads taken)."""
@@ -227,7 +268,7 @@ class _Authority:
             if mode in (wire.REFRESH, wire.RELEASE_REFRESH):
                 return -1, self.params_out(out), 0
             if w in self.reads:  # already holds one: hand back the same version's parameters cannot be done
-                raise AsyncTrainingError(f"worker {w} asked owner rank {self.e.worker} for a second read")
+                raise AsyncTrainingError(f"worker {w} asked owner rank {self.ctx.rank} for a second read")
             if mode == wire.READ_TRY:
                 if self.read_queue or not self._may_read(w):
                     return -1, None, 0
@@ -272,7 +313,7 @@ class _Authority:
                     self._drop_all(w)
                 return self._reject(w, "rejected_version", release=False), -1, None, 0
             pipelined = bool(flags & wire.F_PIPELINED)  # the worker moved on: a rejection consumes the read
-            if flags & wire.F_NONFINITE and self.e.owner_ranks[0] != self.e.worker:
+            if flags & wire.F_NONFINITE and self.ctx.owner_ranks[0] != self.ctx.rank:
                 # the worker's one non-finite gradient reaches every owner (each releases its read); the first
                 # owner counts it, as it counts samples, so one gradient is one rejection
                 if pipelined:
@@ -281,10 +322,10 @@ class _Authority:
             if flags & wire.F_NONFINITE or not (finite or all_finite([g for _, g in grads])):
                 return self._reject(w, "rejected_nonfinite", release=pipelined), -1, None, 0
             others = lambda: self._in_flight(w, skip_oldest=True)  # noqa: E731
-            policy = self.e.bound.policy
+            policy = self.ctx.bound.policy
             if policy == "wait" or (flags & wire.F_MUST_APPLY and policy == "accumulate"):
-                self.wait_for(w, lambda: self.e.bound.may_apply(self.version, base, others()), "apply an update")
-            elif not self.e.bound.may_apply(self.version, base, others()):
+                self.wait_for(w, lambda: self.ctx.bound.may_apply(self.version, base, others()), "apply an update")
+            elif not self.ctx.bound.may_apply(self.version, base, others()):
                 if policy == "accumulate":
                     self.count(w, "deferred")
                     return "deferred", -1, None, 0
@@ -296,9 +337,9 @@ class _Authority:
             self.count(w, "applied")
             if pipelined:
                 self.count(w, "overlapped")
-            if self.e.owner_ranks[0] == self.e.worker:
+            if self.ctx.owner_ranks[0] == self.ctx.rank:
                 self.count(w, "samples", samples)
-            self.hist[w, min(staleness, self.e._bins - 1)] += 1
+            self.hist[w, min(staleness, self.ctx.histogram_bins - 1)] += 1
             self._drop_oldest(w)
             self.cond.notify_all()
             if flags & wire.F_WANT_READ and not self.read_queue:
@@ -323,7 +364,7 @@ class _Authority:
         return reason
 
     def _apply(self, grads: list[tuple[int, Any]], staleness: int) -> None:
-        user_groups = self.e.optimizer.param_groups
+        user_groups = self.user_optimizer.param_groups
         for gi, group in zip(self._group_of, self.optimizer.param_groups):
             for key, value in user_groups[gi].items():
                 if key != "params":
@@ -361,7 +402,7 @@ class _Authority:
                             "the parameter_server engine checkpoints tensors and numbers only."
                         )
             meta = {
-                "rank": self.e.worker,
+                "rank": self.ctx.rank,
                 "blocks": self.blocks,
                 "version": self.version,
                 "block_versions": [self.block_versions[b] for b in self.blocks],
@@ -396,7 +437,7 @@ class _Authority:
     def telemetry(self) -> dict[str, Any]:
         with self.cond:
             return {
-                "rank": self.e.worker,
+                "rank": self.ctx.rank,
                 "version": self.version,
                 "counts": self.counts.tolist(),
                 "hist": self.hist.tolist(),
@@ -406,14 +447,14 @@ class _Authority:
                 "reads": {str(k): list(v) for k, v in self.reads.items()},
             }
 
-    def adopt(self, engine: ParameterServerEngine) -> None:
+    def adopt(self, params: list[torch.Tensor], optimizer: torch.optim.Optimizer) -> None:
         """Take this owner's blocks' parameters and optimizer state from the worker's (just loaded) objects."""
         with self.cond, torch.no_grad():
             self.optimizer.state.clear()
             for b in self.blocks:
-                local = engine.params[b]
+                local = params[b]
                 self.shadows[b].copy_(local.detach())
-                state = engine.optimizer.state.get(local)
+                state = optimizer.state.get(local)
                 if state:
                     self.optimizer.state[self.shadows[b]] = {
                         k: (v.detach().clone() if isinstance(v, torch.Tensor) else copy.deepcopy(v))

@@ -272,7 +272,7 @@ class OwnerServing:
         communication). The user's optimizer then drops its copy of the state: the owners hold it."""
         del is_creator  # every owner adopts its own blocks
         if self.authority is not None:
-            self.authority.adopt(self)
+            self.authority.adopt(self.params, self.optimizer)
         self.optimizer.state.clear()
 
     def attach_state(self) -> None:

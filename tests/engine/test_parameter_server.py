@@ -534,19 +534,17 @@ def test_the_owners_optimizer_never_steps_the_users_parameters_under_an_lr_sched
 
 
 def _authority(max_staleness: int):
-    """An owner's state for two workers, without processes: only what ``_Authority`` reads of its engine."""
-    from types import SimpleNamespace
-
+    """An owner's state for two workers, without processes or an engine: its context is all it needs."""
     from lightning_async._engine.bound import StalenessBound
-    from lightning_async._engine.ps_owner import _Authority
+    from lightning_async._engine.ps_owner import OwnerContext, _Authority
 
     params = [torch.nn.Parameter(torch.zeros(2))]
-    engine = SimpleNamespace(
-        params=params, optimizer=torch.optim.SGD(params, lr=0.1), num_workers=2, _bins=8, worker=0,
-        owner_ranks=[0], bound=StalenessBound(max_staleness, "accumulate"), timeout=1.0, hang_timeout=2.0,
-        on_worker_failure="stop", _wait_seconds=0.0, _mark_gone=lambda w: None,
+    context = OwnerContext(
+        rank=0, num_workers=2, owner_ranks=[0], bound=StalenessBound(max_staleness, "accumulate"), timeout=1.0,
+        hang_timeout=2.0, on_worker_failure="stop", histogram_bins=8, mark_gone=lambda w: None,
+        own_wait=lambda seconds: None, interrupt=lambda: None,
     )
-    return _Authority(engine, [0])
+    return _Authority(context, [0], params, torch.optim.SGD(params, lr=0.1))
 
 
 def test_a_pair_of_reads_is_granted_only_when_the_bound_admits_two_else_one_read():
