@@ -1,10 +1,14 @@
 """The ``parameter_server`` engine: any number of nodes, blocks owned by ranks, c10d point-to-point over gloo.
 
 The design (ownership, versions and admission, the wire, overlap, failures, checks, network exposure) is in
-``docs/parameter_server.md``. The engine is split by job: :mod:`.ps_placement` (block ownership, pair groups),
-:mod:`.ps_owner` (the authority of an owner's blocks), :mod:`.ps_serving` (server threads, snapshots, telemetry),
-:mod:`.ps_client` (push-pull, overlap, pending updates), :mod:`.ps_threads`, :mod:`.ps_wire` and :mod:`.ps_common`.
-This module holds the engine's life cycle: set-up, reads, epoch ends, the batch cursor, shutdown.
+``docs/parameter_server.md``. The engine is assembled from components, each built with explicit arguments:
+:class:`~.ps_owner._Authority` (an owner's blocks: versions, admission, apply; its settings in an
+:class:`~.ps_owner.OwnerContext`), :class:`~.ps_serving.OwnerServer` (the threads serving an owner's clients),
+:class:`~.ps_client.PushPullClient` (this worker's reads and pushes, pipelining and pending updates), with
+:class:`~.ps_overlap.OverlapRule` (whether pipelining pays) and :class:`~.ps_wire.BlockCopier`, and
+:class:`~.ps_serving.OwnersView` (snapshots, restores and telemetry gathered from every owner). Block placement and the
+pair groups are in :mod:`.ps_placement`, the wire in :mod:`.ps_wire`. This module holds the life cycle: set-up, the
+batch cursor, stop requests and eviction, shutdown, and the :class:`~.base.Engine` interface over the components.
 """
 
 from __future__ import annotations
@@ -18,17 +22,14 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
 from lightning_async._engine import ps_wire as wire
-from lightning_async._engine.base import Engine, NonFiniteStreak
+from lightning_async._engine.base import Engine, Telemetry
 from lightning_async._engine.bound import StalenessBound
-from lightning_async._engine.pending import PendingUpdate
 from lightning_async._engine.ps_client import PushPullClient
 from lightning_async._engine.ps_common import (
-    _CODE_V,
     _DEAD,
     _EVICTED,
     _UNBOUNDED_BINS,
@@ -42,11 +43,9 @@ from lightning_async._engine.ps_placement import (
     assign_blocks,
     pair_groups,
 )
-from lightning_async._engine.ps_serving import OwnerServing
+from lightning_async._engine.ps_serving import OwnerServer, OwnersView, check_schema
 from lightning_async._engine.ps_threads import (
     _Background,
-    _Posted,
-    _ReplyWaiter,
 )
 from lightning_async.errors import AsyncTrainingError, WorkerDiedError
 
@@ -62,7 +61,7 @@ STOP_CHECK_SECONDS = 0.0
 EVICTED_EXIT_CODE = 3
 
 
-class ParameterServerEngine(OwnerServing, PushPullClient, Engine):
+class ParameterServerEngine(Engine):
     """Authoritative parameters and optimizer state split in blocks over owner ranks; workers push and pull.
 
     Construct it on every rank at the same point (it creates process groups collectively), after
@@ -196,7 +195,7 @@ class ParameterServerEngine(OwnerServing, PushPullClient, Engine):
             target=self._watch_for_eviction, name="lightning_async-eviction-watch", daemon=True
         )
         if self._store is not None:
-            self._check_schema()
+            check_schema(self._store, worker, self.params, self.timeout)
         # ---- channels: one 2-rank gloo group per (client, owner) direction, made by its two ranks only
         self._client: dict[int, wire.Channel] = {}  # owner -> channel (this rank as client)
         self._server: dict[int, wire.Channel] = {}  # client -> channel (this rank as owner)
@@ -209,7 +208,6 @@ class ParameterServerEngine(OwnerServing, PushPullClient, Engine):
                 else:
                     self._server[c] = wire.Channel(group, c, self._max_payload, inline, pinned=cuda,
                                                    peer_in_group=int(c > o))
-        self._wait_seconds = 0.0
         self.authority = _Authority(
             OwnerContext(
                 rank=worker, num_workers=num_workers, owner_ranks=owners, bound=self.bound, timeout=self.timeout,
@@ -218,70 +216,29 @@ class ParameterServerEngine(OwnerServing, PushPullClient, Engine):
             ),
             self.ownership[worker], self.params, optimizer,
         ) if worker in owners else None
-        # ---- overlap: a thread per remote owner waits for the replies to pipelined pushes (gloo's works cannot
-        # be polled: is_completed() stays False until wait() is called)
-        self._waiters = {
-            o: _ReplyWaiter(channel, self.reply_timeout, f"lasync-ps-reply-{o}")
-            for o, channel in self._client.items()
-        } if self.overlap else {}
-        self._inflight: dict[int, _Posted] = {}
-        self._spare = {o: False for o in owners}  # a second read of the version held (overlap's first step)
-        self._overlap_deferred = {o: 0 for o in owners}
-        # per remote owner: overlapping now? Automatic overlap starts off until the measured round trip shows it pays
-        # (see _worthwhile): started on, a round trip between the rule's two thresholds kept it on for good, and on a
-        # 10.7M-parameter transformer on one node it then cost 2.5-3% held-out loss for no measurable throughput
-        self._piped = {o: overlap_from_start for o in self._waiters}
-        # per remote owner: moving averages of the round trip, seconds, measured without overlap (a late or blocking
-        # push's: what a step waits without it) and with it (a pipelined push's: up to its reply's arrival)
-        self._latency = {o: 0.0 for o in self._waiters}
-        self._latency_piped = {o: 0.0 for o in self._waiters}
-        # per remote owner: moving average of the updates the *other* workers apply there per update of this one
-        # (from the versions its replies carry), and what was seen of both since the average last moved. Per update,
-        # not per step: with overlap, "accumulate" sums a gradient ready before the last reply came back into the
-        # next push, which halved every worker's updates per step, and equal workers flapped in and out of overlap
-        self._others: dict[int, float | None] = {o: None for o in self._waiters}
-        self._others_new = {o: 0 for o in self._waiters}
-        self._own_new = {o: 0 for o in self._waiters}
-        self._reply_version: dict[int, int | None] = {o: None for o in self._waiters}
-        # per remote owner: the samples the others' updates applied there carried (as of the last reply), and decaying
-        # sums of those seen since and of this worker's own: their ratio is how much faster the others are
-        self._reply_samples: dict[int, int | None] = {o: None for o in self._waiters}
-        self._others_samples = {o: 0.0 for o in self._waiters}
-        self._own_samples = {o: 0.0 for o in self._waiters}
-        # per remote owner: whether a reply with its parameters is sent in two pieces (see _post_late)
-        self._reply_in_two = {
-            o: wire.frame_size([sizes[b] for b in self.ownership[o]]) > channel.inline
-            for o, channel in self._client.items()
-        }
-        # per remote owner: the layout of its replies' parameter rows, once checked (see _copy_reply)
-        self._reply_layouts: dict[int, tuple[np.ndarray, int, list[tuple[int, int, int]]]] = {}
-        self._step_interval = 0.0  # moving average of the time between two submits
-        self._last_submit = 0.0
-        self._submits = 0
-        # ---- worker-side state, per owner
-        self._seq = 0
-        self._reads: dict[int, int | None] = {o: None for o in owners}
-        self._pending = {o: PendingUpdate() for o in owners}  # per owner: its blocks' part of the held update
-        self._owner_versions = {o: 0 for o in owners}
-        self._nonfinite = NonFiniteStreak(self.worker)
-        self._local_step = 0
-        self._gradients = 0
-        self._busy_seconds = 0.0
+        self.client = PushPullClient(
+            rank=worker, num_workers=num_workers, params=self.params, optimizer=optimizer, ownership=self.ownership,
+            channels=self._client, authority=self.authority, bound=self.bound, reply_timeout=self.reply_timeout,
+            max_consecutive_nonfinite=max_consecutive_nonfinite, overlap=overlap,
+            overlap_from_start=overlap_from_start,
+        )
         self._started = 0.0
         self._finished = False
         self._closed = False
-        self._last_push: dict[int, list[torch.Tensor]] = {}
-        self._threads: list[threading.Thread] = []
-        for c, channel in self._server.items():
-            thread = threading.Thread(target=self._serve, args=(c, channel), name=f"lasync-ps-serve-{c}",
-                                      daemon=True)
-            thread.start()
-            self._threads.append(thread)
+        self.server = (
+            OwnerServer(self.authority, worker, self._server, self.hang_timeout, self.reply_timeout)
+            if self.authority is not None else None
+        )
+        self.owners = OwnersView(
+            client=self.client, authority=self.authority, rank=worker, num_workers=num_workers, params=self.params,
+            optimizer=optimizer, ownership=self.ownership, bound=self.bound, histogram_bins=self._bins,
+            batch_cursor=self._cursor_slots, restore_cursor=self._restore_cursor, started=lambda: self._started,
+        )
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
         """Mark this worker running (called once training starts in this process)."""
-        self._local_failed()
+        self.client.local_failed()
         if not self._started:
             self._started = time.time()
         if self.authority is not None:
@@ -336,88 +293,25 @@ class ParameterServerEngine(OwnerServing, PushPullClient, Engine):
 
     @property
     def version(self) -> int:
+        versions = self.client.owner_versions
         if self.authority is not None:
-            self._owner_versions[self.worker] = self.authority.version
-        return max(self._owner_versions.values())
+            versions[self.worker] = self.authority.version
+        return max(versions.values())
 
-    # ------------------------------------------------------------------ reads
+    # ------------------------------------------------------------------ reads and updates
     def begin_step(self, local_params: Sequence[torch.Tensor]) -> None:
-        self._local_failed()
-        for o in [o for o, posted in self._inflight.items() if posted.late]:
-            self._consume(o, local_params)  # never waits on another worker (see _post_late): no ordering needed
-        missing = [o for o in self.owner_ranks if self._reads[o] is None]
-        if not missing:
-            return  # holding reads everywhere: keep computing on the same parameters
-        start = time.perf_counter()
-        # ordered acquisition: this worker waits at an owner only while it holds reads at lower owners alone. So
-        # first give up every read above the first missing one, highest first: those it computes on, those an
-        # update deferred there keeps (it is applied first: a wait there) and those a pipelined push's reply brings
-        # (settling it is a wait there). A read kept above while waiting lower down can be what a peer waiting at
-        # that owner needs, and that peer what this worker waits for (three workers deadlocked so under
-        # "accumulate"). Then take the missing reads in ascending order (from an in-flight reply if it brings one,
-        # else by a read that waits at the owner's gate)
-        first = missing[0]
-        release = [o for o in self.owner_ranks
-                   if o > first and (self._reads[o] is not None or o in self._inflight)]
-        if release and not self._inflight and not any(self._pending[o] for o in release):
-            self._read_many(local_params, release, wire.RELEASE)
-        else:
-            for o in reversed(release):
-                self._flush_owner(local_params, o)
-        for o in self.owner_ranks:
-            if o >= first and self._reads[o] is None:
-                if o in self._inflight:
-                    self._consume(o, local_params)
-                if self._reads[o] is None:
-                    self._read_many(local_params, [o], wire.READ_PAIR if self._piped.get(o) else wire.READ_WAIT)
-        self._busy_seconds += time.perf_counter() - start
+        self.client.begin_step(local_params)
 
-    def _read_many(self, local_params: Sequence[torch.Tensor], owners: list[int], mode: int) -> None:
-        result: dict[int, tuple[int, Any, int]] = {}
-        copy_in = self._local_copier(local_params)
-
-        def local() -> None:
-            if self.worker in owners:
-                assert self.authority is not None
-                result[self.worker] = self.authority.read(self.worker, mode, copy_in)
-
-        requests = {o: self._request(o, wire.READ, ints={wire.P_FLAGS: mode}) for o in owners if o != self.worker}
-        replies = self._exchange(requests, local)
-        for o in owners:
-            if o == self.worker:
-                version, blocks, reads = result[o]
-                if blocks is not None:
-                    self._copy_in(local_params, blocks)
-            else:
-                version, reads = replies[o][wire.P_EXTRA], replies[o][wire.P_READS]
-                self._copy_reply(local_params, replies[o], o)
-            if mode in (wire.READ_WAIT, wire.READ_TRY, wire.READ_PAIR):
-                self._reads[o] = version if version >= 0 else None
-                self._spare[o] = version >= 0 and reads == 2  # READ_PAIR may grant one read only
-            elif mode in (wire.RELEASE, wire.RELEASE_REFRESH):
-                self._reads[o] = None  # every read this worker held there, a pipelined reply's included
-                self._spare[o] = False
-                self._inflight.pop(o, None)
+    def submit(self, local_params: Sequence[torch.Tensor], samples: int) -> str:
+        return self.client.submit(local_params, samples)
 
     def end_epoch(self, local_params: Sequence[torch.Tensor]) -> None:
         """Apply what is deferred (waiting for admission), release every read, refresh ``local_params``."""
-        self._local_failed()
-        start = time.perf_counter()
-        if self._inflight or any(self._pending[o] for o in self.owner_ranks):
-            # owner by owner, highest first: each wait then happens while this worker holds reads at lower owners
-            # only (as in begin_step)
-            for o in reversed(self.owner_ranks):
-                self._flush_owner(local_params, o)
-        self._read_many(local_params, list(self.owner_ranks), wire.RELEASE_REFRESH)
-        self._busy_seconds += time.perf_counter() - start
-        # the time to the next epoch's first submit (validation, a new data loader) is no step: counted, it made
-        # the average step several times longer on a short epoch, and the overlap rule wrong (see _worthwhile)
-        self._last_submit = 0.0
+        self.client.end_epoch(local_params)
 
     def refresh(self, local_params: Sequence[torch.Tensor]) -> None:
         """Copy the current authoritative parameters into ``local_params`` without taking a read."""
-        self._local_failed()
-        self._read_many(local_params, list(self.owner_ranks), wire.REFRESH)
+        self.client.refresh(local_params)
 
     def finish(self, local_params: Sequence[torch.Tensor]) -> None:
         """Flush, release the reads, tell every owner this worker is done (end of fit in this process)."""
@@ -431,11 +325,7 @@ class ParameterServerEngine(OwnerServing, PushPullClient, Engine):
 
     def _say_bye(self) -> None:
         self._finished = True
-        if self.authority is not None:
-            self.authority.bye(self.worker)
-        requests = {o: self._request(o, wire.BYE) for o in self._client}
-        if requests:
-            self._exchange(requests)
+        self.client.say_bye()
 
     def wait_for_workers(self, timeout: float | None = None, *, raise_on_failure: bool = True) -> bool:
         """Bounded wait until every worker called :meth:`finish` (or was evicted/died); ``True`` if all did.
@@ -444,7 +334,7 @@ class ParameterServerEngine(OwnerServing, PushPullClient, Engine):
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
         while True:
             if raise_on_failure:
-                self._local_failed()
+                self.client.local_failed()
             done = self._store.add("finished", 0) if self._store is not None else int(self._finished)
             gone = 0
             if self.authority is not None:
@@ -459,7 +349,7 @@ class ParameterServerEngine(OwnerServing, PushPullClient, Engine):
             time.sleep(0.01)
 
     def _count_wait(self, seconds: float) -> None:
-        self._wait_seconds += seconds
+        self.client.wait_seconds += seconds
 
     def _interrupt_own_wait(self) -> None:
         if self.interrupt is not None:
@@ -538,6 +428,63 @@ class ParameterServerEngine(OwnerServing, PushPullClient, Engine):
             self._store.add(f"cursor/{epoch}", value - current)
         self._cursor_epochs.add(epoch)
 
+    def _cursor_slots(self) -> list[int]:
+        """The batch cursor as four slots (``epoch + 1, index`` of the last two epochs claimed, by parity)."""
+        slots = [0, 0, 0, 0]
+        for epoch in sorted(self._cursor_epochs)[-2:]:
+            slots[2 * (epoch % 2)] = epoch + 1
+            slots[2 * (epoch % 2) + 1] = self._cursor(epoch)
+        return slots
+
+    def _restore_cursor(self, slots: list[int]) -> None:
+        for slot in (0, 2):
+            if slots[slot] > 0:
+                self._set_cursor(slots[slot] - 1, slots[slot + 1])
+
+    # ------------------------------------------------------------------ run-wide state (asks every owner)
+    def snapshot(self) -> dict[str, Any]:
+        """Gather, on the calling rank, every owner's parameters, optimizer state, versions and counters.
+
+        Each owner's part is taken under its lock, at one version of its block group (owners are independent
+        authorities, so their parts need no common instant). Only the calling rank takes part (the owners' server
+        threads answer), so it may be called from rank 0 alone.
+        """
+        return self.owners.snapshot()
+
+    def load_snapshot(self, snapshot: dict[str, Any]) -> None:
+        """Restore versions, counters and the batch cursor on every owner (call on one rank, e.g. rank 0).
+
+        Parameters and optimizer state are restored by :meth:`adopt_optimizer_state` on every rank. A snapshot
+        of another ownership layout (or of the shared-memory engine) restores each owner's version as the largest
+        saved version of its blocks and puts the saved counters on the first owner.
+        """
+        self.owners.load_snapshot(snapshot)
+
+    def adopt_optimizer_state(self, is_creator: bool = False) -> None:
+        """After ``optimizer.load_state_dict`` and the model's parameters were loaded on every rank: each owner
+        takes its blocks' parameters and optimizer state from this rank's objects (call on every rank; no
+        communication). The user's optimizer then drops its copy of the state: the owners hold it."""
+        self.owners.adopt_optimizer_state(is_creator)
+
+    def attach_state(self) -> None:
+        """After another rank ran :meth:`load_snapshot`: learn every owner's restored version (one round trip per
+        owner), so that :attr:`version` (global progress, e.g. for an LR schedule) is right before the first step."""
+        self.owners.attach_state()
+
+    def telemetry(self) -> Telemetry:
+        """Counters and staleness histogram summed over owners (asks every owner; any rank may call it).
+
+        Counters: ``received``, ``applied``, ``rejected_stale``, ``rejected_nonfinite``, ``rejected_schema``,
+        ``rejected_duplicate``, ``rejected_version`` (``rejected`` is their sum), ``deferred``, ``samples``
+        (counted by the first owner), ``lost`` (in-flight updates of evicted or dead workers), ``overlapped``
+        (applied updates that were pipelined, see ``overlap``), ``gradients``.
+        """
+        return self.owners.telemetry()
+
+    def describe_peers(self) -> str:
+        """One line per other worker as this rank's owner sees it (status, last message, read held)."""
+        return self.owners.describe_peers()
+
     # ------------------------------------------------------------------ teardown
     def close(self) -> None:
         """Say goodbye if :meth:`finish` was not called, release the owners' server threads serving this worker,
@@ -550,14 +497,12 @@ class ParameterServerEngine(OwnerServing, PushPullClient, Engine):
         if not self._finished:
             with contextlib.suppress(AsyncTrainingError):
                 self._say_bye()
-        for o in self._client:
-            with contextlib.suppress(AsyncTrainingError):
-                self._exchange({o: self._request(o, wire.CLOSE)})
+        self.client.close_channels()
         self._claimer.stop()
         self._stop_waiters(time.monotonic() + self.timeout)
         auth = self.authority
         limit = self.hang_timeout + self.reply_timeout
-        for thread, c in zip(self._threads, self._server):
+        for c, thread in (self.server.threads.items() if self.server is not None else ()):
             while thread.is_alive():
                 thread.join(timeout=0.05)
                 if auth is not None and time.time() - auth.last_seen[c] > limit:
@@ -595,50 +540,21 @@ class ParameterServerEngine(OwnerServing, PushPullClient, Engine):
         deadline = time.monotonic() + min(self.timeout, 10.0)
         self._claimer.stop()
         self._stop_waiters(deadline)
-        for thread in self._threads:
+        for thread in (self.server.threads.values() if self.server is not None else ()):
             thread.join(timeout=max(deadline - time.monotonic(), 0.0))
 
     def _stop_waiters(self, deadline: float) -> None:
-        for waiter in self._waiters.values():
-            waiter.stop()
-        for thread in [self._claimer.thread, *(w.thread for w in self._waiters.values())]:
-            thread.join(timeout=max(deadline - time.monotonic(), 0.0))
+        self.client.stop_waiters(deadline)
+        self._claimer.thread.join(timeout=max(deadline - time.monotonic(), 0.0))
 
     # ------------------------------------------------------------------ fault injection (tests)
-    def _debug_resend(self, owner: int) -> str:
-        """Send the last PUSH to remote ``owner`` again, byte for byte (a duplicate); return its verdict."""
-        self._settle(owner)  # a pipelined push in flight becomes the last one
-        reply = self._exchange({owner: self._last_push[owner]})[owner]
-        return _CODE_V.get(reply[wire.P_FLAGS], "?")
-
     def resend_last_push(self) -> dict[int, str]:
         """Fault injection: send this worker's last update to every remote owner again, byte for byte. Returns
         ``{owner rank: verdict}``; a correct owner answers ``"rejected_duplicate"`` and counts it."""
-        self._local_failed()
-        verdicts = {}
-        for owner in self._client:
-            self._settle(owner)
-            if owner in self._last_push:
-                verdicts[owner] = self._debug_resend(owner)
-        return verdicts
-
-    def _debug_push(self, owner: int, blocks: list[tuple[int, torch.Tensor]]) -> str:
-        """Push arbitrary ``(block, tensor)`` pairs to remote ``owner`` on the read held there; return the
-        verdict (the worker's bookkeeping follows it as for a real push)."""
-        base = self._reads[owner]
-        assert base is not None, "hold a read at the owner first"
-        parts = self._request(owner, wire.PUSH, blocks=[(b, base, t) for b, t in blocks],
-                              ints={wire.P_VERSION: base, wire.P_SAMPLES: 0, wire.P_FLAGS: 0})
-        verdict = _CODE_V.get(self._exchange({owner: parts})[owner][wire.P_FLAGS], "?")
-        if verdict not in ("deferred", "rejected_nonfinite", "rejected_duplicate"):
-            self._pending[owner].clear()
-            if self._spare[owner]:  # the owner released one of the pair: the other read of that version is held
-                self._spare[owner] = False
-            else:
-                self._reads[owner] = None
-        return verdict
+        return self.client.resend_last_push()
 
     def threads_alive(self) -> list[str]:
         """Names of this engine's threads (servers, reply waiters) still running (for teardown checks)."""
-        threads = [*self._threads, *(w.thread for w in self._waiters.values()), self._claimer.thread]
+        threads = [*(self.server.threads.values() if self.server is not None else ()), *self.client.threads(),
+                   self._claimer.thread]
         return [t.name for t in threads if t.is_alive()]

@@ -4,40 +4,122 @@ pushes and late replies, the adaptive overlap rule, and the pending (deferred) u
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import numpy as np
 import torch
 
 from lightning_async._engine import ps_wire as wire
-from lightning_async._engine.base import all_finite
+from lightning_async._engine.base import NonFiniteStreak, all_finite
+from lightning_async._engine.bound import StalenessBound
+from lightning_async._engine.pending import PendingUpdate
 from lightning_async._engine.ps_common import (
     _CODE_V,
     _ERRORS,
 )
-from lightning_async._engine.ps_threads import (
-    _Posted,
-)
+from lightning_async._engine.ps_overlap import OverlapRule
+from lightning_async._engine.ps_owner import _Authority
+from lightning_async._engine.ps_threads import _Posted, _ReplyWaiter
 from lightning_async.errors import AsyncTrainingError, WorkerDiedError, WorkerTimeoutError
-
-if TYPE_CHECKING:
-    pass
 
 
 class PushPullClient:
-    """Mixin of :class:`~lightning_async._engine.parameter_server.ParameterServerEngine`: the worker's side."""
+    """A worker's side of the parameter-server engine: its reads and pushes at every owner.
+
+    Holds, per owner, the read this worker computes on, its pending (deferred) update and the push in flight; sends
+    requests on the channels to the remote owners and calls the local owner's authority directly.
+
+    Args:
+        rank: this worker's rank.
+        num_workers: the world size.
+        params: the worker's parameters, in the same order on every rank (the schema of every block).
+        optimizer: the user's optimizer (only told that an update was made, for LR schedulers).
+        ownership: owner rank -> the blocks it owns.
+        channels: remote owner rank -> this worker's channel to it.
+        authority: the local owner's authority, if this rank owns blocks.
+        bound: the run's staleness bound.
+        reply_timeout: seconds any reply may take.
+        max_consecutive_nonfinite: raise after this many non-finite gradients in a row.
+        overlap: whether pushes to remote owners may be pipelined (see :mod:`.ps_overlap`).
+        overlap_from_start: pipeline from the first step (else only once the rule finds it pays).
+    """
+
+    def __init__(
+        self,
+        *,
+        rank: int,
+        num_workers: int,
+        params: Sequence[torch.Tensor],
+        optimizer: torch.optim.Optimizer,
+        ownership: dict[int, list[int]],
+        channels: dict[int, wire.Channel],
+        authority: _Authority | None,
+        bound: StalenessBound,
+        reply_timeout: float,
+        max_consecutive_nonfinite: int,
+        overlap: bool,
+        overlap_from_start: bool,
+    ) -> None:
+        self.worker = rank
+        self.params = list(params)
+        self.optimizer = optimizer
+        self.ownership = ownership
+        self.owner_ranks = sorted(ownership)
+        self.authority = authority
+        self.bound = bound
+        self.reply_timeout = reply_timeout
+        self.max_consecutive_nonfinite = max_consecutive_nonfinite
+        self.channels = channels
+        self.copier = wire.BlockCopier(self.params, {b: o for o, bs in ownership.items() for b in bs})
+        # overlap: a thread per remote owner waits for the replies to pipelined pushes (gloo's works cannot be
+        # polled: is_completed() stays False until wait() is called)
+        self._waiters = {
+            o: _ReplyWaiter(channel, reply_timeout, f"lasync-ps-reply-{o}") for o, channel in channels.items()
+        } if overlap else {}
+        self.rule = OverlapRule(self._waiters, num_workers)
+        self._inflight: dict[int, _Posted] = {}
+        self._spare = {o: False for o in self.owner_ranks}  # a second read of the version held (overlap's first step)
+        self._overlap_deferred = {o: 0 for o in self.owner_ranks}
+        # per remote owner: overlapping now? Automatic overlap starts off until the measured round trip shows it pays
+        # (see OverlapRule): started on, a round trip between the rule's two thresholds kept it on for good, and on a
+        # 10.7M-parameter transformer on one node it then cost 2.5-3% held-out loss for no measurable throughput
+        self._piped = {o: overlap_from_start for o in self._waiters}
+        # per remote owner: whether a reply with its parameters is sent in two pieces (see _post_late)
+        sizes = [p.numel() * p.element_size() for p in self.params]
+        self._reply_in_two = {
+            o: wire.frame_size([sizes[b] for b in ownership[o]]) > channel.inline for o, channel in channels.items()
+        }
+        self._seq = 0
+        self._reads: dict[int, int | None] = {o: None for o in self.owner_ranks}
+        self._pending = {o: PendingUpdate() for o in self.owner_ranks}  # per owner: its blocks' part of the update
+        #: per owner: the latest version seen there
+        self.owner_versions = {o: 0 for o in self.owner_ranks}
+        self._nonfinite = NonFiniteStreak(rank)
+        self._local_step = 0
+        #: this worker's progress, reported to the owners in every request: gradients computed, seconds waited for
+        #: admission, seconds spent in the engine
+        self.gradients = 0
+        self.wait_seconds = 0.0
+        self.busy_seconds = 0.0
+        self._last_push: dict[int, list[torch.Tensor]] = {}
+
+    @property
+    def overlapping(self) -> dict[int, bool]:
+        """Per remote owner: whether this worker pipelines its pushes there now."""
+        return dict(self._piped)
 
     # ================================================================== client side
-    def _request(self, owner: int, kind: int, **pack_kwargs: Any) -> list[torch.Tensor]:
+    def request(self, owner: int, kind: int, **pack_kwargs: Any) -> list[torch.Tensor]:
         self._seq += 1 if kind == wire.PUSH else 0
         ints = dict(pack_kwargs.pop("ints", {}))
-        ints.update({wire.P_GRADIENTS: self._gradients, wire.P_WAIT_US: int(self._wait_seconds * 1e6),
-                     wire.P_BUSY_US: int(self._busy_seconds * 1e6)})
+        ints.update({wire.P_GRADIENTS: self.gradients, wire.P_WAIT_US: int(self.wait_seconds * 1e6),
+                     wire.P_BUSY_US: int(self.busy_seconds * 1e6)})
         return wire.pack(kind, self.worker, self._seq, ints=ints, **pack_kwargs)
 
-    def _exchange(self, requests: dict[int, list[torch.Tensor]], local: Any = None) -> dict[int, wire.Message]:
+    def exchange(self, requests: dict[int, list[torch.Tensor]], local: Any = None) -> dict[int, wire.Message]:
         """Send ``requests`` (owner -> packed message) to remote owners at once, run ``local()`` meanwhile,
         and collect the replies. Raises the error an owner replied with, or one naming a dead/hung owner."""
         for owner in requests:
@@ -45,7 +127,7 @@ class PushPullClient:
         posted = {}
         sent_at = time.perf_counter()
         for owner, parts in requests.items():
-            channel = self._client[owner]
+            channel = self.channels[owner]
             try:
                 works = channel.post(parts)
                 posted[owner] = (parts, works, channel.post_prelude())
@@ -55,7 +137,7 @@ class PushPullClient:
             local()
         replies = {}
         for owner, (parts, works, prelude) in posted.items():
-            channel = self._client[owner]
+            channel = self.channels[owner]
             try:
                 channel.complete(works, self.reply_timeout)
                 replies[owner] = channel.receive(self.reply_timeout, prelude)
@@ -63,7 +145,7 @@ class PushPullClient:
                 raise self._owner_error(owner, e) from e
             if parts[0][wire.P_KIND] == wire.PUSH:
                 self._last_push[owner] = parts
-                self._note_latency(owner, time.perf_counter() - sent_at)  # the round trip (and local() meanwhile)
+                self.rule.note_latency(owner, time.perf_counter() - sent_at)  # the round trip (and local() meanwhile)
         for owner, reply in replies.items():
             kind = posted[owner][0][0][wire.P_KIND]
             self._check_reply(owner, reply, push=kind == wire.PUSH, versioned=kind in (wire.READ, wire.PUSH))
@@ -79,24 +161,117 @@ class PushPullClient:
         if not versioned:
             return
         version = reply[wire.P_VERSION]
-        self._owner_versions[owner] = max(self._owner_versions[owner], version)
-        previous = self._reply_version.get(owner)
-        if owner in self._reply_version:
-            self._reply_version[owner] = version
-            seen, before = reply[wire.P_SAMPLES], self._reply_samples[owner]
-            self._reply_samples[owner] = seen
-            if before is not None:
-                self._others_samples[owner] += max(0, seen - before)
-        if previous is not None:  # the owner's version moved by this worker's applied update and the others'
-            mine = 1 if push and _CODE_V.get(reply[wire.P_FLAGS]) == "applied" else 0
-            self._others_new[owner] += max(0, version - previous - mine)
-            self._own_new[owner] += mine
+        self.owner_versions[owner] = max(self.owner_versions[owner], version)
+        self.rule.note_reply(owner, version, reply[wire.P_SAMPLES],
+                             applied_own=push and _CODE_V.get(reply[wire.P_FLAGS]) == "applied")
+
+    # ------------------------------------------------------------------ reads
+    def begin_step(self, local_params: Sequence[torch.Tensor]) -> None:
+        self.local_failed()
+        for o in [o for o, posted in self._inflight.items() if posted.late]:
+            self._consume(o, local_params)  # never waits on another worker (see _post_late): no ordering needed
+        missing = [o for o in self.owner_ranks if self._reads[o] is None]
+        if not missing:
+            return  # holding reads everywhere: keep computing on the same parameters
+        start = time.perf_counter()
+        # ordered acquisition: this worker waits at an owner only while it holds reads at lower owners alone. So
+        # first give up every read above the first missing one, highest first: those it computes on, those an
+        # update deferred there keeps (it is applied first: a wait there) and those a pipelined push's reply brings
+        # (settling it is a wait there). A read kept above while waiting lower down can be what a peer waiting at
+        # that owner needs, and that peer what this worker waits for (three workers deadlocked so under
+        # "accumulate"). Then take the missing reads in ascending order (from an in-flight reply if it brings one,
+        # else by a read that waits at the owner's gate)
+        first = missing[0]
+        release = [o for o in self.owner_ranks
+                   if o > first and (self._reads[o] is not None or o in self._inflight)]
+        if release and not self._inflight and not any(self._pending[o] for o in release):
+            self.read_many(local_params, release, wire.RELEASE)
+        else:
+            for o in reversed(release):
+                self._flush_owner(local_params, o)
+        for o in self.owner_ranks:
+            if o >= first and self._reads[o] is None:
+                if o in self._inflight:
+                    self._consume(o, local_params)
+                if self._reads[o] is None:
+                    self.read_many(local_params, [o], wire.READ_PAIR if self._piped.get(o) else wire.READ_WAIT)
+        self.busy_seconds += time.perf_counter() - start
+
+    def read_many(self, local_params: Sequence[torch.Tensor], owners: list[int], mode: int) -> None:
+        result: dict[int, tuple[int, Any, int]] = {}
+        copy_in = self.copier.local_copier(local_params)
+
+        def local() -> None:
+            if self.worker in owners:
+                assert self.authority is not None
+                result[self.worker] = self.authority.read(self.worker, mode, copy_in)
+
+        requests = {o: self.request(o, wire.READ, ints={wire.P_FLAGS: mode}) for o in owners if o != self.worker}
+        replies = self.exchange(requests, local)
+        for o in owners:
+            if o == self.worker:
+                version, blocks, reads = result[o]
+                if blocks is not None:
+                    self.copier.copy_in(local_params, blocks)
+            else:
+                version, reads = replies[o][wire.P_EXTRA], replies[o][wire.P_READS]
+                self.copier.copy_reply(local_params, replies[o], o)
+            if mode in (wire.READ_WAIT, wire.READ_TRY, wire.READ_PAIR):
+                self._reads[o] = version if version >= 0 else None
+                self._spare[o] = version >= 0 and reads == 2  # READ_PAIR may grant one read only
+            elif mode in (wire.RELEASE, wire.RELEASE_REFRESH):
+                self._reads[o] = None  # every read this worker held there, a pipelined reply's included
+                self._spare[o] = False
+                self._inflight.pop(o, None)
+
+    def end_epoch(self, local_params: Sequence[torch.Tensor]) -> None:
+        """Apply what is deferred (waiting for admission), release every read, refresh ``local_params``."""
+        self.local_failed()
+        start = time.perf_counter()
+        if self._inflight or any(self._pending[o] for o in self.owner_ranks):
+            # owner by owner, highest first: each wait then happens while this worker holds reads at lower owners
+            # only (as in begin_step)
+            for o in reversed(self.owner_ranks):
+                self._flush_owner(local_params, o)
+        self.read_many(local_params, list(self.owner_ranks), wire.RELEASE_REFRESH)
+        self.busy_seconds += time.perf_counter() - start
+        self.rule.pause_step_clock()
+
+    def refresh(self, local_params: Sequence[torch.Tensor]) -> None:
+        """Copy the current authoritative parameters into ``local_params`` without taking a read."""
+        self.local_failed()
+        self.read_many(local_params, list(self.owner_ranks), wire.REFRESH)
+
+    def say_bye(self) -> None:
+        """Tell every owner (the local one directly) that this worker is done."""
+        if self.authority is not None:
+            self.authority.bye(self.worker)
+        requests = {o: self.request(o, wire.BYE) for o in self.channels}
+        if requests:
+            self.exchange(requests)
+
+    def close_channels(self) -> None:
+        """Tell every remote owner to stop serving this worker (errors are ignored: the owner may be gone)."""
+        for o in self.channels:
+            with contextlib.suppress(AsyncTrainingError):
+                self.exchange({o: self.request(o, wire.CLOSE)})
+
+    def threads(self) -> list[threading.Thread]:
+        """The reply-waiter threads (one per remote owner, with overlap)."""
+        return [w.thread for w in self._waiters.values()]
+
+    def stop_waiters(self, deadline: float) -> None:
+        """Stop the reply-waiter threads, joining each until ``deadline`` (``time.monotonic()``) at most."""
+        for waiter in self._waiters.values():
+            waiter.stop()
+        for waiter in self._waiters.values():
+            waiter.thread.join(timeout=max(deadline - time.monotonic(), 0.0))
 
     # ------------------------------------------------------------------ overlap (pipelined pushes)
     def _post_pipelined(self, owner: int, parts: wire.Parts, waiter: bool = True) -> None:
         """Post the push and its reply's receive; ``waiter``: the owner's reply-waiter thread completes them (else
         :meth:`_await` does, in this thread)."""
-        channel = self._client[owner]
+        channel = self.channels[owner]
         try:
             posted = _Posted(parts, channel.post(parts), channel.post_prelude())
         except wire.ChannelError as e:
@@ -122,17 +297,6 @@ class PushPullClient:
         posted.inline = not self._reply_in_two[owner]
         self._reads[owner] = None
 
-    def _sent_blocks(self, parts: wire.Parts) -> dict[int, torch.Tensor]:
-        """Copies of the blocks a sent push carries, each on its block's device."""
-        if len(parts) < 3:  # no rows, or no payload (only empty blocks)
-            return {}
-        sent = wire.Message(prelude=parts[0], rows=parts[1], payload=parts[-1])
-        return {
-            row[wire.R_BLOCK]: wire.decode_block(sent, i, self.params[row[wire.R_BLOCK]])
-            .to(self.params[row[wire.R_BLOCK]].device, copy=True)
-            for i, row in enumerate(sent.rows.tolist())
-        }
-
     def _resolve_late(self, owner: int, posted: _Posted) -> None:
         """Apply a late push's verdict to this worker's pending update and read (its parameters are copied by
         :meth:`_consume`)."""
@@ -144,7 +308,7 @@ class PushPullClient:
             if pending.count == 1:
                 # the pending update is one raw gradient, the caller's (it may have been zeroed in place since, and
                 # keep() does nothing once owned): take it back from the frame that was sent, an exact copy
-                sent = self._sent_blocks(posted.parts)
+                sent = self.copier.sent_blocks(posted.parts)
                 pending.keep([
                     None if g is None else sent[b] if g.numel() else g.detach().clone()
                     for b, g in zip(self.ownership[owner], pending.grads or ())
@@ -160,7 +324,7 @@ class PushPullClient:
         if posted is None or posted.checked:
             return posted
         if posted.inline and not posted.done.is_set():  # no waiter thread: complete it here (each wait bounded)
-            channel = self._client[owner]
+            channel = self.channels[owner]
             try:
                 channel.complete(posted.works, self.reply_timeout)
                 posted.reply = channel.receive(self.reply_timeout, posted.prelude)
@@ -190,47 +354,10 @@ class PushPullClient:
         # overlap, the end of the step included (measuring only what late replies leave exposed made equal workers
         # drop out of overlap for good: 0.89x DDP's throughput instead of 0.92-1.00); a pipelined push's, up to its
         # reply's arrival (used by _worthwhile only until a late one is measured)
-        self._note_latency(owner, posted.done_at - posted.posted_at, piped=not posted.late)
+        self.rule.note_latency(owner, posted.done_at - posted.posted_at, piped=not posted.late)
         if posted.late:
             self._resolve_late(owner, posted)
         return posted
-
-    def _note_latency(self, owner: int, seconds: float, piped: bool = False) -> None:
-        table = self._latency_piped if piped else self._latency
-        if owner in table:
-            old = table[owner]
-            table[owner] = seconds if old == 0.0 else 0.7 * old + 0.3 * seconds
-
-    def _worthwhile(self, owner: int) -> bool | None:
-        """Whether overlapping the pushes to ``owner`` pays (``None``: no change, or not enough steps seen yet).
-
-        Overlap saves the round trip's wait but makes each update staler by one step: this worker's own previous
-        update lands between its read and its apply, and so do the others' updates of one more of its steps; and it
-        holds two reads at the owner, not one. ``False`` once:
-
-        * the round trip takes less than a sixth of this worker's step (waiting then costs little);
-        * the other workers apply fewer than one update for every two of this one: its own updates then mostly
-          follow each other undisturbed, and overlap would turn most of them from fresh into stale (the fast worker
-          beside a straggler);
-        * the others process more than 1.75 samples each for every sample of this worker's: one more of its long
-          steps lets many of their updates in, and its two old reads make a bounded owner defer or hold the fast
-          workers' updates (the straggler beside fast workers).
-
-        ``True`` again once the round trip takes more than a third of the step, the others apply at least two
-        updates for every three of its own (their updates already interleave with this worker's, so one more
-        version costs relatively little), and they process at most 1.25 samples each for every one of its own.
-        """
-        others = self._others.get(owner)
-        if self._submits < 8 or self._step_interval <= 0.0 or others is None:
-            return None
-        # what waiting would cost: the round trip measured without overlap, once there is one (measuring it as it
-        # is while overlapping, up to the reply's arrival only, made equal workers flap in and out of overlap)
-        share = (self._latency[owner] or self._latency_piped[owner]) / self._step_interval
-        # how much faster the others are, in samples (gradients a worker sums into one update count in full)
-        faster = self._others_samples[owner] / max(self._own_samples[owner], 1.0) / max(self.num_workers - 1, 1)
-        if share < 1 / 6 or others < 1 / 2 or faster > 1.75:
-            return False
-        return True if share > 1 / 3 and others >= 2 / 3 and faster <= 1.25 else None
 
     def _settle(self, owner: int) -> None:
         """Before another request to ``owner``: take the in-flight push's reply off the channel (its parameters are
@@ -252,7 +379,7 @@ class PushPullClient:
         del self._inflight[owner]
         if posted.read >= 0:
             assert posted.reply is not None
-            self._copy_reply(local_params, posted.reply, owner)
+            self.copier.copy_reply(local_params, posted.reply, owner)
             self._reads[owner] = posted.read
             if posted.pair:  # granted a pair: overlap (again) from this step
                 self._spare[owner] = True
@@ -294,7 +421,7 @@ class PushPullClient:
         repipe = not last and self._reads[owner] is None
         flags = (0 if last else wire.F_WANT_READ) | wire.F_PIPELINED | (wire.F_WANT_PAIR if repipe else 0)
         flags |= wire.F_MUST_APPLY if policy == "accumulate" else 0
-        parts = self._request(owner, wire.PUSH, blocks=[(b, base, g) for b, g in blocks], ints={
+        parts = self.request(owner, wire.PUSH, blocks=[(b, base, g) for b, g in blocks], ints={
             wire.P_VERSION: base, wire.P_SAMPLES: self._pending[owner].samples, wire.P_FLAGS: flags,
             wire.P_EXTRA: self._overlap_deferred[owner],
         })
@@ -318,74 +445,18 @@ class PushPullClient:
             "it owned is lost. Resume with Trainer.fit(..., ckpt_path='last')."
         )
 
-    def _local_failed(self) -> None:
+    def local_failed(self) -> None:
         auth = self.authority
         if auth is not None and auth.failed is not None:
             raise auth.failed
 
-    def _copy_in(self, local_params: Sequence[torch.Tensor], blocks: Any) -> None:
-        with torch.no_grad():
-            for b, _, t in blocks:
-                local_params[b].copy_(t)
-
-    def _local_copier(self, local_params: Sequence[torch.Tensor]) -> Any:
-        """``out`` for the local owner: copy its blocks straight into ``local_params`` under its lock (one copy,
-        no clone); the result ``()`` leaves nothing more to copy."""
-
-        def copy_in(blocks: list[tuple[int, int, torch.Tensor]]) -> tuple[()]:
-            self._copy_in(local_params, blocks)
-            return ()
-
-        return copy_in
-
-    def _copy_reply(self, local_params: Sequence[torch.Tensor], reply: wire.Message, owner: int) -> None:
-        """Copy a reply's parameter blocks into ``local_params``, each row checked (block, dtype, shape, bounds).
-        An owner's replies carry the same layout every time (only the versions change): a layout checked once is
-        then recognised by one comparison instead of checked row by row again."""
-        layout = np.delete(reply.rows.numpy(), wire.R_VERSION, axis=1)
-        size = 0 if reply.payload is None else reply.payload.numel()
-        known = self._reply_layouts.get(owner)
-        with torch.no_grad():
-            if known is not None and known[1] == size and np.array_equal(known[0], layout):
-                assert reply.payload is not None
-                for b, start, nbytes in known[2]:
-                    local_params[b].copy_(reply.payload[start : start + nbytes].view(self.params[b].dtype)
-                                          .view(self.params[b].shape))
-                return
-            views = []
-            for i, row in enumerate(reply.rows.tolist()):
-                b = row[wire.R_BLOCK]
-                if self.owner_of.get(b) != owner or wire.row_matches(row, self.params[b]) is not None \
-                        or not wire.payload_fits(reply, i):
-                    raise AsyncTrainingError(f"owner rank {owner} sent a malformed parameter block {b}")
-                local_params[b].copy_(wire.decode_block(reply, i, self.params[b]))
-                views.append((b, row[wire.R_OFFSET], self.params[b].numel() * self.params[b].element_size()))
-            if views:  # (a reply without parameters, e.g. to a release, has no layout worth keeping)
-                self._reply_layouts[owner] = (layout, size, views)
-
     # ------------------------------------------------------------------ updates
     def submit(self, local_params: Sequence[torch.Tensor], samples: int) -> str:
-        self._local_failed()
+        self.local_failed()
         start = time.perf_counter()
-        if self._last_submit:
-            interval = start - self._last_submit
-            self._step_interval = interval if not self._step_interval else 0.8 * self._step_interval + 0.2 * interval
-        self._last_submit = start
-        self._submits += 1
-        for o, seen in self._others_new.items():  # the others' updates seen per update of this worker's
-            if self._reply_version[o] is None or not self._own_new[o]:
-                continue  # no reply yet to count from, or none of this worker's updates applied since
-            ratio = seen / self._own_new[o]
-            old = self._others[o]
-            self._others[o] = ratio if old is None else 0.9 * old + 0.1 * ratio  # over about ten updates
-            self._others_new[o] = 0
-            self._own_new[o] = 0
-        for o in self._own_samples:  # decaying sums over about ten steps (summed gradients count in full)
-            if self._reply_samples[o] is not None:
-                self._others_samples[o] *= 0.9
-                self._own_samples[o] = 0.9 * self._own_samples[o] + samples
+        self.rule.note_submit(samples)
         self._local_step += 1
-        self._gradients += 1
+        self.gradients += 1
         grads = [q.grad for q in local_params]
         finite = all_finite(grads)
         verdicts = self._push_all(local_params, grads, samples, finite=finite, must_apply=False)
@@ -395,7 +466,7 @@ class PushPullClient:
             # the user's optimizer never steps (its owners' copies do): tell an LR scheduler watching it that an
             # update was made, as torch's own step wrapper would (else it warns that the scheduler stepped first)
             self.optimizer._opt_called = True  # type: ignore[attr-defined]
-        self._busy_seconds += time.perf_counter() - start
+        self.busy_seconds += time.perf_counter() - start
         values = set(verdicts.values())
         if len(values) == 1:
             return values.pop()
@@ -417,11 +488,11 @@ class PushPullClient:
         if grads is not None and finite and self._waiters:  # overlap: sent first, so they travel meanwhile
             piped = [o for o in owners if self._piped.get(o)]
             for o in piped:
-                last = self._worthwhile(o) is False
+                last = self.rule.worthwhile(o) is False
                 verdicts[o] = self._push_pipelined(o, local_params, grads, samples, last=last)
                 if last and verdicts[o] == "sent":
                     self._piped[o] = False
-            repipe = {o for o in owners if o in self._waiters and o not in piped and self._worthwhile(o)}
+            repipe = {o for o in owners if o in self._waiters and o not in piped and self.rule.worthwhile(o)}
             owners = [o for o in owners if o not in piped]
             if self.bound.policy == "accumulate" and not must_apply:
                 # the last pipelined push (overlap just stopped) still waits for its admission: sum this gradient
@@ -454,7 +525,7 @@ class PushPullClient:
         if not finite:
             flags |= wire.F_NONFINITE
         results: dict[int, tuple[str, int, Any]] = {}
-        copy_in = self._local_copier(local_params)
+        copy_in = self.copier.local_copier(local_params)
 
         def local() -> None:
             if self.worker in offers:
@@ -470,7 +541,7 @@ class PushPullClient:
             if o == self.worker:
                 continue
             pair = wire.F_WANT_PAIR if o in repipe and flags & wire.F_WANT_READ else 0
-            parts = self._request(
+            parts = self.request(
                 o, wire.PUSH, blocks=[(b, base, g) for b, g in blocks],
                 ints={wire.P_VERSION: base, wire.P_SAMPLES: n, wire.P_FLAGS: flags | pair,
                       wire.P_EXTRA: self._overlap_deferred[o]},  # gradients summed while a pipelined push flew
@@ -483,20 +554,20 @@ class PushPullClient:
                     verdicts[o] = "sent"
                     continue
             requests[o] = parts
-        replies = self._exchange(requests, local)
+        replies = self.exchange(requests, local)
         for o in offers:
             if o in self._inflight and self._inflight[o].late:
                 continue  # its verdict comes with the reply, at the next begin_step
             if o == self.worker:
                 verdict, version, blocks, _ = results[o]
                 if blocks is not None:
-                    self._copy_in(local_params, blocks)
+                    self.copier.copy_in(local_params, blocks)
             else:
                 reply = replies[o]
                 verdict = _CODE_V.get(reply[wire.P_FLAGS], "rejected_schema")
                 version = reply[wire.P_EXTRA]
                 if version >= 0:
-                    self._copy_reply(local_params, reply, o)
+                    self.copier.copy_reply(local_params, reply, o)
             verdicts[o] = verdict
             if verdict == "deferred":
                 # kept past this step: own the buffers now (submit may report another owner's verdict, and the caller
@@ -531,4 +602,38 @@ class PushPullClient:
         self._settle(o)
         if self._pending[o]:
             self._push_all(local_params, None, 0, finite=True, must_apply=True, owners=[o])
-        self._read_many(local_params, [o], wire.RELEASE)
+        self.read_many(local_params, [o], wire.RELEASE)
+
+    # ------------------------------------------------------------------ fault injection (tests)
+    def debug_resend(self, owner: int) -> str:
+        """Send the last PUSH to remote ``owner`` again, byte for byte (a duplicate); return its verdict."""
+        self._settle(owner)  # a pipelined push in flight becomes the last one
+        reply = self.exchange({owner: self._last_push[owner]})[owner]
+        return _CODE_V.get(reply[wire.P_FLAGS], "?")
+
+    def resend_last_push(self) -> dict[int, str]:
+        """Fault injection: send this worker's last update to every remote owner again, byte for byte. Returns
+        ``{owner rank: verdict}``; a correct owner answers ``"rejected_duplicate"`` and counts it."""
+        self.local_failed()
+        verdicts = {}
+        for owner in self.channels:
+            self._settle(owner)
+            if owner in self._last_push:
+                verdicts[owner] = self.debug_resend(owner)
+        return verdicts
+
+    def debug_push(self, owner: int, blocks: list[tuple[int, torch.Tensor]]) -> str:
+        """Push arbitrary ``(block, tensor)`` pairs to remote ``owner`` on the read held there; return the
+        verdict (the worker's bookkeeping follows it as for a real push)."""
+        base = self._reads[owner]
+        assert base is not None, "hold a read at the owner first"
+        parts = self.request(owner, wire.PUSH, blocks=[(b, base, t) for b, t in blocks],
+                              ints={wire.P_VERSION: base, wire.P_SAMPLES: 0, wire.P_FLAGS: 0})
+        verdict = _CODE_V.get(self.exchange({owner: parts})[owner][wire.P_FLAGS], "?")
+        if verdict not in ("deferred", "rejected_nonfinite", "rejected_duplicate"):
+            self._pending[owner].clear()
+            if self._spare[owner]:  # the owner released one of the pair: the other read of that version is held
+                self._spare[owner] = False
+            else:
+                self._reads[owner] = None
+        return verdict

@@ -1,19 +1,24 @@
-"""The serving side of a parameter-server rank: the server threads that answer each client's requests, and the
-run-wide state built from every owner (snapshots for checkpoints, telemetry, peers' status).
+"""The serving side of a parameter-server rank: :class:`OwnerServer` (the threads that answer each client's
+requests) and :class:`OwnersView` (the run-wide state built from every owner: snapshots for checkpoints, restores,
+telemetry, peers' status).
 """
 
 from __future__ import annotations
 
 import datetime
 import json
+import threading
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
 from lightning_async._engine import ps_wire as wire
 from lightning_async._engine.base import COUNTERS, Telemetry
+from lightning_async._engine.bound import StalenessBound
+from lightning_async._engine.ps_client import PushPullClient
 from lightning_async._engine.ps_common import (
     _IDLE_TIMEOUT,
     _REPORTED,
@@ -25,40 +30,58 @@ from lightning_async._engine.ps_common import (
     _error_reply,
     _versions,
 )
+from lightning_async._engine.ps_owner import _Authority
 from lightning_async._engine.ps_placement import (
     _optimizer_index,
 )
 from lightning_async.errors import AsyncTrainingError, WorkerTimeoutError
 
-if TYPE_CHECKING:
-    pass
+
+def check_schema(store: Any, rank: int, params: Sequence[torch.Tensor], timeout: float) -> None:
+    """Every rank must hold the same parameter shapes and dtypes (a mismatch is named at construction)."""
+    mine = [[list(p.shape), str(p.dtype)] for p in params]
+    store.set(f"schema/{rank}", json.dumps(mine))
+    if rank == 0:
+        return
+    try:
+        store.wait(["schema/0"], datetime.timedelta(seconds=timeout))
+    except RuntimeError as e:
+        raise WorkerTimeoutError(f"worker {rank} waited {timeout}s for rank 0's parameter "
+                                 f"schema: {e}") from e
+    theirs = json.loads(store.get("schema/0").decode())
+    if len(theirs) != len(mine):
+        raise RuntimeError(f"rank 0 has {len(theirs)} parameters, rank {rank} has {len(mine)}: every "
+                           "worker must build the same model.")
+    for i, (a, b) in enumerate(zip(theirs, mine)):
+        if a != b:
+            raise RuntimeError(f"parameter {i} differs: rank 0 has shape {a[0]} {a[1]}, rank {rank} "
+                               f"has shape {b[0]} {b[1]}: every worker must build the same model.")
 
 
-class OwnerServing:
-    """Mixin of :class:`~lightning_async._engine.parameter_server.ParameterServerEngine`: serving and state."""
+class OwnerServer:
+    """The threads of an owner rank that serve its clients, one per client, each on its own channel.
 
-    def _check_schema(self) -> None:
-        """Every rank must hold the same parameter shapes and dtypes (a mismatch is named at construction)."""
-        assert self._store is not None
-        mine = [[list(p.shape), str(p.dtype)] for p in self.params]
-        self._store.set(f"schema/{self.worker}", json.dumps(mine))
-        if self.worker == 0:
-            return
-        try:
-            self._store.wait(["schema/0"], datetime.timedelta(seconds=self.timeout))
-        except RuntimeError as e:
-            raise WorkerTimeoutError(f"worker {self.worker} waited {self.timeout}s for rank 0's parameter "
-                                     f"schema: {e}") from e
-        theirs = json.loads(self._store.get("schema/0").decode())
-        if len(theirs) != len(mine):
-            raise RuntimeError(f"rank 0 has {len(theirs)} parameters, rank {self.worker} has {len(mine)}: every "
-                               "worker must build the same model.")
-        for i, (a, b) in enumerate(zip(theirs, mine)):
-            if a != b:
-                raise RuntimeError(f"parameter {i} differs: rank 0 has shape {a[0]} {a[1]}, rank {self.worker} "
-                                   f"has shape {b[0]} {b[1]}: every worker must build the same model.")
+    Args:
+        authority: the owner's authority (its blocks' parameters, state, versions and admission).
+        rank: the owner rank.
+        channels: client rank -> the channel its requests arrive on.
+        hang_timeout: seconds a client holding a read may stay silent before it is called hung.
+        reply_timeout: seconds a reply's send may take.
+    """
 
-    # ================================================================== server side
+    def __init__(self, authority: _Authority, rank: int, channels: dict[int, wire.Channel], hang_timeout: float,
+                 reply_timeout: float) -> None:
+        self.authority = authority
+        self.worker = rank
+        self.hang_timeout = hang_timeout
+        self.reply_timeout = reply_timeout
+        self.threads: dict[int, threading.Thread] = {}
+        for c, channel in channels.items():
+            thread = threading.Thread(target=self._serve, args=(c, channel), name=f"lasync-ps-serve-{c}",
+                                      daemon=True)
+            thread.start()
+            self.threads[c] = thread
+
     def _serve(self, c: int, channel: wire.Channel) -> None:
         auth = self.authority
         assert auth is not None
@@ -153,7 +176,47 @@ class OwnerServing:
             grads.append((block, grad.to(auth.shadows[block].device) if auth.shadows[block].is_cuda else grad))
         return grads, None
 
-    # ------------------------------------------------------------------ snapshot / restore
+
+class OwnersView:
+    """The run-wide state of a parameter-server run as one rank sees it, built from every owner's part.
+
+    Any rank may ask (the owners' server threads answer): snapshots for checkpoints, restores, telemetry.
+
+    Args:
+        client: this rank's client (its requests reach the remote owners).
+        authority: the local owner's authority, if this rank owns blocks.
+        rank: this rank.
+        num_workers: the world size.
+        params: the worker's parameters (the layout of snapshots).
+        optimizer: the user's optimizer (its parameter groups go into snapshots; it adopts restored state).
+        ownership: owner rank -> its blocks.
+        bound: the run's staleness bound.
+        histogram_bins: bins of the staleness histogram.
+        batch_cursor: returns the batch cursor's four slots (saved with snapshots).
+        restore_cursor: sets the batch cursor from four saved slots.
+        started: returns when this worker started training (epoch seconds, 0 before).
+    """
+
+    def __init__(
+        self, *, client: PushPullClient, authority: _Authority | None, rank: int, num_workers: int,
+        params: Sequence[torch.Tensor], optimizer: torch.optim.Optimizer, ownership: dict[int, list[int]],
+        bound: StalenessBound, histogram_bins: int, batch_cursor: Callable[[], list[int]],
+        restore_cursor: Callable[[list[int]], None], started: Callable[[], float],
+    ) -> None:
+        self.client = client
+        self.authority = authority
+        self.worker = rank
+        self.num_workers = num_workers
+        self.params = list(params)
+        self.optimizer = optimizer
+        self.ownership = ownership
+        self.owner_ranks = sorted(ownership)
+        self.bound = bound
+        self.histogram_bins = histogram_bins
+        self.batch_cursor = batch_cursor
+        self.restore_cursor = restore_cursor
+        self.started = started
+
     def _gather(self, kind: int, meta: dict[int, dict[str, Any]] | None = None) -> dict[int, wire.Message | Any]:
         """Ask every owner (the local one directly) for its snapshot or telemetry."""
         out: dict[int, Any] = {}
@@ -169,8 +232,8 @@ class OwnerServing:
             elif kind == wire.LOAD:
                 auth.load((meta or {})[self.worker])
 
-        requests = {o: self._request(o, kind, meta=(meta or {}).get(o)) for o in self._client}
-        replies = self._exchange(requests, local)
+        requests = {o: self.client.request(o, kind, meta=(meta or {}).get(o)) for o in self.client.channels}
+        replies = self.client.exchange(requests, local)
         for o, reply in replies.items():
             if kind == wire.SNAPSHOT:
                 tensors = [(int(reply.rows[i, wire.R_BLOCK]), int(reply.rows[i, wire.R_VERSION]),
@@ -187,7 +250,7 @@ class OwnerServing:
         authorities, so their parts need no common instant). Only the calling rank takes part (the owners' server
         threads answer), so it may be called from rank 0 alone.
         """
-        self._local_failed()
+        self.client.local_failed()
         parts = self._gather(wire.SNAPSHOT)
         params: list[torch.Tensor | None] = [None] * len(self.params)
         index = _optimizer_index(self.optimizer, self.params)
@@ -208,10 +271,7 @@ class OwnerServing:
         user_state = self.optimizer.state_dict()
         optimizer_state = {"state": dict(sorted(state.items())), "param_groups": user_state["param_groups"]}
         tele = self._combine([{**m, "reported": parts[m["rank"]][0]["reported"]} for m in owners_meta])
-        slots = [0, 0, 0, 0]
-        for epoch in sorted(self._cursor_epochs)[-2:]:
-            slots[2 * (epoch % 2)] = epoch + 1
-            slots[2 * (epoch % 2) + 1] = self._cursor(epoch)
+        slots = self.batch_cursor()
         engine_state = {
             "kind": "parameter_server",
             "version": max(m["version"] for m in owners_meta),
@@ -233,7 +293,7 @@ class OwnerServing:
         of another ownership layout (or of the shared-memory engine) restores each owner's version as the largest
         saved version of its blocks and puts the saved counters on the first owner.
         """
-        self._local_failed()
+        self.client.local_failed()
         engine = snapshot["engine"] if isinstance(snapshot.get("engine"), dict) else snapshot
         saved = {int(m["rank"]): m for m in engine.get("owners", [])}
         same = all(o in saved and list(saved[o]["blocks"]) == self.ownership[o] for o in self.owner_ranks) and \
@@ -259,12 +319,10 @@ class OwnerServing:
             metas[o] = meta
         self._gather(wire.LOAD, metas)
         for o in self.owner_ranks:
-            self._owner_versions[o] = int(metas[o]["version"])
+            self.client.owner_versions[o] = int(metas[o]["version"])
         cursor = engine.get("batch_cursor")
         if cursor is not None and len(cursor) == 4:
-            for slot in (0, 2):
-                if int(cursor[slot]) > 0:
-                    self._set_cursor(int(cursor[slot]) - 1, int(cursor[slot + 1]))
+            self.restore_cursor([int(c) for c in cursor])
 
     def adopt_optimizer_state(self, is_creator: bool = False) -> None:
         """After ``optimizer.load_state_dict`` and the model's parameters were loaded on every rank: each owner
@@ -279,31 +337,32 @@ class OwnerServing:
         """After another rank ran :meth:`load_snapshot`: learn every owner's restored version (one round trip per
         owner), so that :attr:`version` (global progress, e.g. for an LR schedule) is right before the first step.
         The state itself was already placed on its owners by :meth:`adopt_optimizer_state`."""
-        self._local_failed()
+        self.client.local_failed()
         parts = self._gather(wire.TELEMETRY)
         for o in self.owner_ranks:
             if o in parts:
-                self._owner_versions[o] = int(parts[o]["version"])
+                self.client.owner_versions[o] = int(parts[o]["version"])
 
     # ------------------------------------------------------------------ telemetry
     def _combine(self, parts: list[dict[str, Any]]) -> Telemetry:
         p = self.num_workers
         counts = np.zeros((p, len(OWNER_COUNTERS)), dtype=np.int64)
-        hist = np.zeros(self._bins, dtype=np.int64)
+        hist = np.zeros(self.histogram_bins, dtype=np.int64)
         reported = np.zeros((p, len(_REPORTED)), dtype=np.float64)
         samples_col = OWNER_COUNTERS.index("samples")
         for part in parts:
             c = np.asarray(part["counts"], dtype=np.int64).reshape(p, len(OWNER_COUNTERS))
             counts += c
             h = np.asarray(part["hist"], dtype=np.int64).sum(axis=0) if len(part["hist"]) else np.zeros(0)
-            n = min(len(h), self._bins)
+            n = min(len(h), self.histogram_bins)
             hist[:n] += h[:n]
             r = np.asarray(part.get("reported", np.zeros_like(reported)), dtype=np.float64).reshape(reported.shape)
             newer = r[:, 0] >= reported[:, 0]
             reported[newer] = r[newer]
-        if self._started:
-            reported[self.worker] = [self._gradients, self._wait_seconds, self._busy_seconds, self._started,
-                                     time.time()]
+        started = self.started()
+        if started:
+            c = self.client
+            reported[self.worker] = [c.gradients, c.wait_seconds, c.busy_seconds, started, time.time()]
         del samples_col
         names = list(COUNTERS) + [c for c in OWNER_COUNTERS if c not in COUNTERS]
         counters = {}
@@ -345,7 +404,7 @@ class OwnerServing:
         (counted by the first owner), ``lost`` (in-flight updates of evicted or dead workers), ``overlapped``
         (applied updates that were pipelined, see ``overlap``), ``gradients``.
         """
-        self._local_failed()
+        self.client.local_failed()
         parts = self._gather(wire.TELEMETRY)
         return self._combine([parts[o] for o in self.owner_ranks])
 

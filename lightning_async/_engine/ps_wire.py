@@ -31,8 +31,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
+
+from lightning_async.errors import AsyncTrainingError
 
 MAGIC = 0x4C41505331  # "LAPS1"
 PRELUDE = 16
@@ -333,3 +336,71 @@ def payload_fits(message: Message, i: int) -> bool:
         return False
     start, nbytes = row[R_OFFSET], row[R_NUMEL] * _ITEMSIZE[CODE_DTYPE[code]]
     return start >= 0 and start % 16 == 0 and nbytes >= 0 and start + nbytes <= message.payload.numel()
+
+
+class BlockCopier:
+    """Copies parameter blocks from messages (or an owner's own tensors) into a worker's parameters.
+
+    Args:
+        params: the worker's parameters (the schema every row is checked against).
+        owner_of: block index -> the rank that owns it.
+    """
+
+    def __init__(self, params: Sequence[torch.Tensor], owner_of: dict[int, int]) -> None:
+        self.params = list(params)
+        self.owner_of = owner_of
+        #: per owner: the layout of its replies' parameter rows, once checked (see :meth:`copy_reply`)
+        self.layouts: dict[int, tuple[Any, int, list[tuple[int, int, int]]]] = {}
+
+    @staticmethod
+    def copy_in(local_params: Sequence[torch.Tensor], blocks: Any) -> None:
+        """Copy ``(block, version, tensor)`` triples into ``local_params``."""
+        with torch.no_grad():
+            for b, _, t in blocks:
+                local_params[b].copy_(t)
+
+    def local_copier(self, local_params: Sequence[torch.Tensor]) -> Any:
+        """``out`` for the local owner: copy its blocks straight into ``local_params`` under its lock (one copy,
+        no clone); the result ``()`` leaves nothing more to copy."""
+
+        def copy_in(blocks: list[tuple[int, int, torch.Tensor]]) -> tuple[()]:
+            self.copy_in(local_params, blocks)
+            return ()
+
+        return copy_in
+
+    def copy_reply(self, local_params: Sequence[torch.Tensor], reply: Message, owner: int) -> None:
+        """Copy a reply's parameter blocks into ``local_params``, each row checked (block, dtype, shape, bounds).
+        An owner's replies carry the same layout every time (only the versions change): a layout checked once is
+        then recognised by one comparison instead of checked row by row again."""
+        layout = np.delete(reply.rows.numpy(), R_VERSION, axis=1)
+        size = 0 if reply.payload is None else reply.payload.numel()
+        known = self.layouts.get(owner)
+        with torch.no_grad():
+            if known is not None and known[1] == size and np.array_equal(known[0], layout):
+                assert reply.payload is not None
+                for b, start, nbytes in known[2]:
+                    local_params[b].copy_(reply.payload[start : start + nbytes].view(self.params[b].dtype)
+                                          .view(self.params[b].shape))
+                return
+            views = []
+            for i, row in enumerate(reply.rows.tolist()):
+                b = row[R_BLOCK]
+                if self.owner_of.get(b) != owner or row_matches(row, self.params[b]) is not None \
+                        or not payload_fits(reply, i):
+                    raise AsyncTrainingError(f"owner rank {owner} sent a malformed parameter block {b}")
+                local_params[b].copy_(decode_block(reply, i, self.params[b]))
+                views.append((b, row[R_OFFSET], self.params[b].numel() * self.params[b].element_size()))
+            if views:  # (a reply without parameters, e.g. to a release, has no layout worth keeping)
+                self.layouts[owner] = (layout, size, views)
+
+    def sent_blocks(self, parts: Parts) -> dict[int, torch.Tensor]:
+        """Copies of the blocks a sent push carries, each on its block's device."""
+        if len(parts) < 3:  # no rows, or no payload (only empty blocks)
+            return {}
+        sent = Message(prelude=parts[0], rows=parts[1], payload=parts[-1])
+        return {
+            row[R_BLOCK]: decode_block(sent, i, self.params[row[R_BLOCK]])
+            .to(self.params[row[R_BLOCK]].device, copy=True)
+            for i, row in enumerate(sent.rows.tolist())
+        }

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from lightning_async._engine.base import NonFiniteStreak, Telemetry
 from lightning_async._engine.blocks import OVERLAPS, BlockLayout, BlockSelector, BlocksSpec, make_blocks
 from lightning_async._engine.bound import StalenessBound
 from lightning_async._engine.pending import ACCUMULATE_REDUCTIONS, PendingUpdate
@@ -139,7 +140,8 @@ class SimulatedEngine:
             real engines apply it) or the ``"sum"`` of the gradients it accumulated.
         seed: seeds the data, speed and block-selection streams (independent of one another).
         keep_records: keep one :class:`UpdateRecord` per block of each received update (turn off for long runs).
-        max_non_finite: a worker whose gradient is non-finite this many times in a row raises ``RuntimeError``.
+        max_non_finite: a worker whose gradient is non-finite this many times in a row raises
+            :class:`~lightning_async.errors.NonFiniteGradientError` (a ``RuntimeError``), as the real engines do.
 
     Raises:
         ValueError: for an invalid argument, naming it and the accepted values.
@@ -214,7 +216,13 @@ class SimulatedEngine:
         self._events: list[tuple[float, int]] = []
         self._read_waiting: list[int] = []
         self._apply_waiting: list[int] = []
-        self._non_finite_streak = [0] * workers
+        self._nonfinite = [NonFiniteStreak(w) for w in range(workers)]
+        # per worker: gradients computed, virtual time spent waiting, samples in its applied updates, deferrals
+        self._gradients = [0] * workers
+        self._waited = [0.0] * workers
+        self._samples = [0] * workers
+        self.deferred = 0
+        """Pushes put off by ``"accumulate"`` (the worker computed another gradient on the same read)."""
         self.counters = UpdateCounters()
         self.records: list[UpdateRecord] = []
         self.virtual_time = 0.0
@@ -307,8 +315,9 @@ class SimulatedEngine:
 
     def _start(self, worker: int, now: float) -> None:
         w = self._state[worker]
-        since = self._wait_since.pop(worker, now)
-        self.wait_time += now - since
+        waited = now - self._wait_since.pop(worker, now)
+        self.wait_time += waited
+        self._waited[worker] += waited
         w.reads = {b: self.versions[b] for b in w.touched}
         for b, v in w.reads.items():
             self._inflight[b][worker] = v
@@ -316,6 +325,7 @@ class SimulatedEngine:
             w.held = [p.detach().clone() for p in self.params]
         grads, samples = self._gradient(w.params)
         w.pending.add(grads, samples, adopt=True)
+        self._gradients[worker] += 1
         heapq.heappush(self._events, (now + self.clock.duration(worker), worker))
 
     def _release(self, worker: int) -> None:
@@ -329,6 +339,8 @@ class SimulatedEngine:
         w = self._state[worker]
         staleness = {b: self.versions[b] - w.reads[b] for b in w.touched}
         self.counters.count(verdict, max(staleness[b] for b in w.blocks), w.pending.samples)
+        if verdict == APPLIED:
+            self._samples[worker] += w.pending.samples
         if self.keep_records:
             self.records.extend(
                 UpdateRecord(worker, b, w.reads[b], staleness[b], verdict, w.pending.samples) for b in w.touched
@@ -336,7 +348,9 @@ class SimulatedEngine:
 
     def _apply(self, worker: int, now: float) -> None:
         w = self._state[worker]
-        self.wait_time += now - self._wait_since.pop(worker, now)
+        waited = now - self._wait_since.pop(worker, now)
+        self.wait_time += waited
+        self._waited[worker] += waited
         self._verdict(worker, APPLIED)
         for i, g in zip(w.params, w.pending.update(self.accumulate_reduction)):
             self.params[i].grad = g
@@ -356,7 +370,6 @@ class SimulatedEngine:
             self.params[i].grad = None
         for b in w.touched:
             self.versions[b] += 1
-        self._non_finite_streak[worker] = 0
         self._release(worker)
 
     def _reject(self, worker: int, reason: str) -> None:
@@ -369,14 +382,9 @@ class SimulatedEngine:
     def _on_push(self, worker: int, now: float) -> str:
         """Handle the end of a computation of ``worker``; return ``"applied"``, ``"rejected"`` or ``"deferred"``."""
         w = self._state[worker]
-        if not self._finite(w.pending.grads or []):
-            self._non_finite_streak[worker] += 1
-            if self._non_finite_streak[worker] >= self.max_non_finite:
-                raise RuntimeError(
-                    f"virtual worker {worker} produced a non-finite gradient {self.max_non_finite} times in a row "
-                    f"(at its step {w.steps}, applied update {self.counters.applied}); check the loss, the data "
-                    f"and the learning rate."
-                )
+        finite = self._finite(w.pending.grads or [])
+        self._nonfinite[worker].record(finite, w.steps, self.max_non_finite)
+        if not finite:
             self._reject(worker, REJECTED_NON_FINITE)
             self._request_read(worker, now)
             return "rejected"
@@ -396,7 +404,9 @@ class SimulatedEngine:
             assert w.held is not None
             grads, samples = self._gradient_at(w.held, w.params)
             w.pending.add(grads, samples, adopt=True)
+            self._gradients[worker] += 1
             heapq.heappush(self._events, (now + self.clock.duration(worker), worker))
+        self.deferred += 1
         return "deferred"
 
     def _admit(self, now: float, target: int, callback: Callable[[SimulatedEngine], None] | None) -> None:
@@ -494,6 +504,34 @@ class SimulatedEngine:
     def in_flight(self) -> int:
         """Workers that hold a read (computing, accumulating or waiting to apply)."""
         return sum(1 for w in self._state if w.reads)
+
+    def telemetry(self) -> Telemetry:
+        """The run so far in the real engines' report: counters, per-worker rows (rates per unit of virtual time)
+        and the staleness histogram of the applied updates."""
+        c = self.counters
+        counters = {
+            "gradients": sum(self._gradients), "received": c.received, "applied": c.applied,
+            "rejected_stale": c.rejected.get(REJECTED_STALE, 0),
+            "rejected_nonfinite": c.rejected.get(REJECTED_NON_FINITE, 0),
+            "deferred": self.deferred, "samples": c.samples_applied, "rejected": c.rejected_total,
+        }
+        now = self.virtual_time
+        open_waits = {w: now - since for w, since in self._wait_since.items()}
+        per_worker = []
+        for w in range(self.workers):
+            wait = self._waited[w] + open_waits.get(w, 0.0)
+            per_worker.append({
+                "gradients": float(self._gradients[w]), "samples": float(self._samples[w]),
+                "samples_per_s": self._samples[w] / now if now else 0.0, "wait_seconds": wait,
+                "wait_fraction": wait / now if now else 0.0,
+            })
+        top = max(c.staleness_histogram, default=-1)
+        return Telemetry(
+            counters=counters, per_worker=per_worker,
+            staleness_histogram=[c.staleness_histogram.get(s, 0) for s in range(top + 1)],
+            max_staleness=self.bound.max_staleness, bound_policy=self.bound.policy, version=max(self.versions),
+            extra={"engine": "simulated", "virtual_time": now},
+        )
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready description of the run so far (configuration, counters, virtual time)."""

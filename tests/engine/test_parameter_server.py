@@ -14,7 +14,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import psutil
 import pytest
@@ -32,11 +31,12 @@ def _model(seed: int = 0) -> torch.nn.Module:
     return torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1)).double()
 
 
-def _single(make_opt, max_staleness=0, policy="accumulate"):
+def _single(make_opt, max_staleness=0, policy="accumulate", max_consecutive_nonfinite=5):
     model = _model()
     params = list(model.parameters())
     engine = ParameterServerEngine(0, 1, params, make_opt(params), max_staleness=max_staleness,
-                                   bound_policy=policy, timeout=5.0)
+                                   bound_policy=policy, timeout=5.0,
+                                   max_consecutive_nonfinite=max_consecutive_nonfinite)
     engine.start()
     return engine, model, params
 
@@ -123,8 +123,7 @@ def test_snapshot_and_resume_continue_exactly(tmp_path):
 def test_nonfinite_gradients_are_rejected_before_touching_state_then_raise():
     from lightning_async.errors import NonFiniteGradientError
 
-    engine, model, params = _single(lambda ps: torch.optim.Adam(ps, lr=0.05))
-    engine.max_consecutive_nonfinite = 2
+    engine, model, params = _single(lambda ps: torch.optim.Adam(ps, lr=0.05), max_consecutive_nonfinite=2)
     x = torch.randn(5, 3, dtype=torch.float64)
     engine.begin_step(params)
     model.zero_grad()
@@ -386,13 +385,15 @@ def test_a_worker_the_others_barely_interleave_with_stops_overlapping(tmp_path):
 
 
 def _rule(share: float, others: float, faster: float, workers: int = 2) -> bool | None:
-    """The overlap rule's decision for a worker that measured these (see ParameterServerEngine._worthwhile)."""
+    """The overlap rule's decision for a worker that measured these (see OverlapRule.worthwhile)."""
+    from lightning_async._engine.ps_overlap import OverlapRule
+
     step = 0.004
-    state = SimpleNamespace(
-        _others={1: others}, _submits=20, _step_interval=step, _latency={1: share * step}, _latency_piped={1: 0.0},
-        _others_samples={1: faster * (workers - 1) * 320.0}, _own_samples={1: 320.0}, num_workers=workers,
-    )
-    return ParameterServerEngine._worthwhile(state, 1)  # type: ignore[arg-type]
+    rule = OverlapRule([1], workers)
+    rule.others, rule.submits, rule.step_interval = {1: others}, 20, step
+    rule.latency, rule.latency_piped = {1: share * step}, {1: 0.0}
+    rule.others_samples, rule.own_samples = {1: faster * (workers - 1) * 320.0}, {1: 320.0}
+    return rule.worthwhile(1)
 
 
 @pytest.mark.parametrize(("share", "others", "faster", "workers", "expected"), [
@@ -576,14 +577,14 @@ def test_reply_layouts_are_checked_once_and_a_changed_layout_is_checked_again():
         return wire.Message(prelude=parts[0], rows=parts[1], payload=parts[-1])
 
     for value in (1.0, 2.0):  # checked row by row, then recognised
-        engine._copy_reply(local, reply([torch.full_like(p, value) for p in params]), 0)
+        engine.client.copier.copy_reply(local, reply([torch.full_like(p, value) for p in params]), 0)
         assert all(torch.equal(q, torch.full_like(q, value)) for q in local)
-    assert 0 in engine._reply_layouts
+    assert 0 in engine.client.copier.layouts
     wrong_shape = [p.detach().reshape(-1) if p.dim() > 1 else p.detach() for p in params]
     with pytest.raises(AsyncTrainingError, match="malformed parameter block"):
-        engine._copy_reply(local, reply(wrong_shape), 0)
+        engine.client.copier.copy_reply(local, reply(wrong_shape), 0)
     with pytest.raises(AsyncTrainingError, match="malformed parameter block"):  # blocks owned by another rank
-        engine._copy_reply(local, reply([p.detach() for p in params]), 1)
+        engine.client.copier.copy_reply(local, reply([p.detach() for p in params]), 1)
     engine.finish(params)
     engine.close()
 

@@ -59,7 +59,7 @@ def test_restore_puts_the_saved_parameters_state_and_versions_back_on_every_work
             for p, value in zip(model.parameters(), saved_params):
                 p.copy_(value)
     calls = []
-    for w, (engine, model) in enumerate(zip(engines, models)):  # the creator first: the barrier orders them
+    for w, engine in enumerate(engines):  # the creator first: the barrier orders them
         restore_engine_state(
             engine, engine.optimizer, saved["optimizer"], saved["engine"], is_creator=(w == 0),
             barrier=lambda w=w: calls.append(w),

@@ -69,15 +69,15 @@ def main() -> None:
         engine.start()
         engine.refresh(params)
         if cfg.get("pipeline") is False:  # overlap on, but every push to a remote owner takes the blocking path
-            engine._piped = {o: False for o in engine._piped}
+            engine.client._piped = {o: False for o in engine.client._piped}
         result["late_deferred"] = 0
-        resolve_late = engine._resolve_late
+        resolve_late = engine.client._resolve_late
 
         def counting(owner, posted):  # the verdicts of replies taken at the next begin_step
             result["late_deferred"] += posted.verdict == "deferred"
             return resolve_late(owner, posted)
 
-        engine._resolve_late = counting
+        engine.client._resolve_late = counting
         gen = torch.Generator().manual_seed(rank)
         jitter = random.Random(cfg.get("seed", 0) * 100 + rank)
         steps = cfg["steps"][rank] if isinstance(cfg["steps"], list) else cfg["steps"]
@@ -107,17 +107,18 @@ def main() -> None:
                 for p in params:
                     p.grad.zero_()
             if cfg.get("duplicate") == [rank, step]:
-                result["duplicate_verdict"] = engine._debug_resend(0)
+                result["duplicate_verdict"] = engine.client.debug_resend(0)
             if cfg.get("bad_dtype") == [rank, step]:
                 engine.begin_step(params)
                 block = engine.ownership[0][0]
-                result["bad_dtype_verdict"] = engine._debug_push(0, [(block, params[block].grad.float())])
+                result["bad_dtype_verdict"] = engine.client.debug_push(0, [(block, params[block].grad.float())])
                 engine.begin_step(params)
-                result["bad_shape_verdict"] = engine._debug_push(0, [(block, params[block].grad.reshape(-1))])
-        result["overlapping"] = {str(o): on for o, on in engine._piped.items()}  # per remote owner, at the end
+                result["bad_shape_verdict"] = engine.client.debug_push(0, [(block, params[block].grad.reshape(-1))])
+        # per remote owner, at the end
+        result["overlapping"] = {str(o): on for o, on in engine.client.overlapping.items()}
         # per remote owner: the samples the others processed per sample of this worker's (from the owners' replies)
-        result["others_faster"] = {str(o): engine._others_samples[o] / max(engine._own_samples[o], 1.0)
-                                   for o in engine._own_samples}
+        result["others_faster"] = {str(o): engine.client.rule.others_faster(o)
+                                   for o in engine.client.rule.own_samples}
         engine.finish(params)
         result["finished_at"] = time.monotonic() - t0
         if rank == 0:
