@@ -30,6 +30,7 @@ LAUNCH_VARS = ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_P
 def _fit(configs: list[Path], root: Path, timeout: float) -> dict:
     root.mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARS}
+    env["OMP_NUM_THREADS"] = "1"  # pinned alike in every run (Lightning would give a lone worker every core)
     args = [a for c in configs for a in ("--config", str(c))]
     cmd = [sys.executable, "-m", "lightning_async.cli", "fit", *args, f"--trainer.default_root_dir={root}",
            "--trainer.enable_progress_bar=false"]

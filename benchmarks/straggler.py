@@ -69,7 +69,8 @@ def _worker(args: argparse.Namespace) -> None:
     recorder = Recorder()
     callbacks: list[Callback] = [recorder]
     if args.factor > 1:
-        callbacks.append(Slowdown(ranks=args.devices - 1, factor=args.factor))  # worker 1, or a lone worker
+        # the last worker (worker 1 of two on one node, the last node's across nodes), or a lone worker
+        callbacks.append(Slowdown(ranks=args.devices * args.num_nodes - 1, factor=args.factor))
     if args.strategy == "async":
         strategy = lightning_async.AsyncAdaptiveStrategy(
             max_staleness=args.max_staleness,
@@ -81,7 +82,8 @@ def _worker(args: argparse.Namespace) -> None:
     else:
         strategy = "ddp"
     trainer = L.Trainer(
-        accelerator="cpu", devices=args.devices, strategy=strategy, max_epochs=args.epochs, callbacks=callbacks,
+        accelerator="cpu", devices=args.devices, num_nodes=args.num_nodes, strategy=strategy, max_epochs=args.epochs,
+        callbacks=callbacks,
         logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
         num_sanity_val_steps=0, limit_val_batches=args.limit_val_batches,
     )
@@ -120,26 +122,47 @@ _OVERLAP = {"auto": None, "on": True, "off": False}
 
 # ---------------------------------------------------------------------------------------------------- driver side
 def _run(args: argparse.Namespace, strategy: str, factor: float, devices: int, tag: str) -> dict:
-    report_dir = Path(args.work_dir) / tag
-    report_dir.mkdir(parents=True, exist_ok=True)
-    for old in report_dir.glob("rank*.json"):
-        old.unlink()
-    cmd = [
-        sys.executable, str(HERE), "--worker", "--strategy", strategy, "--factor", str(factor),
-        "--devices", str(devices), "--epochs", str(args.epochs), "--lr", str(args.lr),
-        "--batch-size", str(args.batch_size), "--max-staleness", str(args.max_staleness),
-        "--bound-policy", args.bound_policy, "--engine", args.engine, "--overlap", args.overlap,
-        "--report-dir", str(report_dir), "--model", args.model, "--train-stride", str(args.train_stride),
-        "--limit-val-batches", str(args.limit_val_batches),
-    ]
+    report_dir = _report_dir(args, tag)
+    cmd = _worker_command(args, strategy, factor, devices, 1, report_dir)
     launch_vars = ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "GROUP_RANK")
     env = {k: v for k, v in os.environ.items() if k not in launch_vars}
+    # one thread per worker in every run: left unset, Lightning gives a lone worker (the standalone reference) all
+    # the cores and each of two workers half of them, which made the efficiency figure meaningless
+    env["OMP_NUM_THREADS"] = "1"
     wall = time.time()
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=args.run_timeout, env=env)
     wall = time.time() - wall
     if done.returncode != 0:
         raise RuntimeError(f"{tag} failed ({done.returncode}):\n{done.stderr[-4000:]}")
-    ranks = [json.loads(p.read_text()) for p in sorted(report_dir.glob("rank*.json"))]
+    return _collect(args, report_dir, strategy, factor, devices, wall)
+
+
+def _report_dir(args: argparse.Namespace, tag: str) -> Path:
+    report_dir = Path(args.work_dir) / tag
+    report_dir.mkdir(parents=True, exist_ok=True)
+    for old in report_dir.glob("rank*.json"):
+        old.unlink()
+    return report_dir
+
+
+def _worker_command(
+    args: argparse.Namespace, strategy: str, factor: float, devices: int, num_nodes: int, report_dir: Path
+) -> list[str]:
+    """The command of one worker process (Lightning launches ``devices - 1`` more on its node)."""
+    return [
+        sys.executable, str(HERE), "--worker", "--strategy", strategy, "--factor", str(factor),
+        "--devices", str(devices), "--num-nodes", str(num_nodes), "--epochs", str(args.epochs), "--lr", str(args.lr),
+        "--batch-size", str(args.batch_size), "--max-staleness", str(args.max_staleness),
+        "--bound-policy", args.bound_policy, "--engine", args.engine, "--overlap", args.overlap,
+        "--report-dir", str(report_dir), "--model", args.model, "--train-stride", str(args.train_stride),
+        "--limit-val-batches", str(args.limit_val_batches),
+    ]
+
+
+def _collect(args: argparse.Namespace, report_dir: Path, strategy: str, factor: float, devices: int,
+             wall: float) -> dict:
+    """One run's figures from its workers' reports (rank 0's loss series and held-out metrics)."""
+    ranks = sorted((json.loads(p.read_text()) for p in report_dir.glob("rank*.json")), key=lambda r: r["rank"])
     seconds = max(r["train_seconds"] for r in ranks)
     samples = sum(r["samples"] for r in ranks)
     return {
@@ -149,6 +172,7 @@ def _run(args: argparse.Namespace, strategy: str, factor: float, devices: int, t
         "val_acc": ranks[0]["val_acc"], "val_loss": ranks[0].get("val_loss"),
         "max_rss_mb": [r["max_rss_mb"] for r in ranks],
         "staleness_mean": ranks[0].get("staleness_mean"), "staleness_max": ranks[0].get("staleness_max"),
+        "counters": ranks[0].get("counters"),
         "series": ranks[0]["series"],
     }
 
@@ -301,6 +325,7 @@ def main() -> None:
     parser.add_argument("--strategy", default="async", help=argparse.SUPPRESS)
     parser.add_argument("--factor", type=float, default=1.0, help=argparse.SUPPRESS)
     parser.add_argument("--devices", type=int, default=2, help=argparse.SUPPRESS)
+    parser.add_argument("--num-nodes", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--report-dir", default=".", help=argparse.SUPPRESS)
     args = parser.parse_args()
     _worker(args) if args.worker else _driver(args)

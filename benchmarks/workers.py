@@ -94,6 +94,7 @@ def _run(args: argparse.Namespace, strategy: str, devices: int) -> dict:
            "--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--report-dir", str(report_dir)]
     launch_vars = ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "GROUP_RANK")
     env = {k: v for k, v in os.environ.items() if k not in launch_vars}
+    env["OMP_NUM_THREADS"] = "1"  # pinned alike in every run (Lightning would give a lone worker every core)
     launched = time.time()
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=args.run_timeout, env=env)
     if done.returncode != 0:
