@@ -112,6 +112,9 @@ class EmulatedNodes:
     def command(self, node: int, argv: list[str]) -> list[str]:
         return ["ip", "netns", "exec", self.namespaces[node], *argv]
 
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def close(self) -> None:
         for ns in [*self.namespaces, self.switch]:
             _ip("netns", "del", ns, check=False)  # its veth ends (and so the pairs) go with it
