@@ -53,22 +53,23 @@ def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
 class EmulatedNodes:
     """``nodes`` network namespaces behind one shaped switch; a context manager that always tears them down."""
 
-    def __init__(self, nodes: int) -> None:
+    def __init__(self, nodes: int, prefix: str = PREFIX) -> None:
         self.nodes = nodes
-        self.switch = f"{PREFIX}-sw"
-        self.namespaces = [f"{PREFIX}-n{i}" for i in range(nodes)]
+        self.prefix = prefix
+        self.switch = f"{prefix}-sw"
+        self.namespaces = [f"{prefix}-n{i}" for i in range(nodes)]
 
     def address(self, node: int) -> str:
         return f"{SUBNET}.{node + 1}"
 
     def iface(self, node: int) -> str:
-        return f"{PREFIX}{node}"  # the node's end of its veth pair
+        return f"{self.prefix}{node}"  # the node's end of its veth pair
 
     def port(self, node: int) -> str:
-        return f"{PREFIX}p{node}"  # the switch's end
+        return f"{self.prefix}p{node}"  # the switch's end
 
     def __enter__(self) -> EmulatedNodes:
-        remove_leftovers()
+        remove_leftovers(self.prefix)
         atexit.register(self.close)
         for sig in (signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, _exit_on_signal)
@@ -116,15 +117,16 @@ class EmulatedNodes:
         self.close()
 
     def close(self) -> None:
+        atexit.unregister(self.close)
         for ns in [*self.namespaces, self.switch]:
             _ip("netns", "del", ns, check=False)  # its veth ends (and so the pairs) go with it
 
 
-def remove_leftovers() -> None:
+def remove_leftovers(prefix: str = PREFIX) -> None:
     """Delete the namespaces of an earlier run of this benchmark that did not tear down (it was killed)."""
     for line in _ip("netns", "list", check=False).stdout.splitlines():
         name = line.split()[0] if line.split() else ""
-        if name.startswith(f"{PREFIX}-"):
+        if name.startswith(f"{prefix}-"):
             _ip("netns", "del", name, check=False)
 
 
