@@ -220,6 +220,8 @@ def _plot(results: dict, path: Path) -> None:
     for ax, title in zip(axes, ("samples/s against DDP", "held-out loss after one epoch")):
         ax.set_xticks([g + 0.4 - width / 2 for g in range(len(groups))], labels, fontsize=8)
         ax.set_title(title)
+    losses = [r["val_loss"] for r in rows]
+    axes[1].set_ylim(0.95 * min(losses), 1.02 * max(losses))  # the differences, not the distance from zero
     axes[0].axhline(1.0, color="black", linewidth=0.8)
     axes[0].legend(fontsize=8)
     fig.tight_layout()
@@ -246,7 +248,11 @@ def main() -> None:
     parser.add_argument("--plot", default=None, help="write the figure (PNG) here")
     parser.add_argument("--work-dir", default="results/links_runs")
     parser.add_argument("--run-timeout", type=float, default=900.0)
+    parser.add_argument("--replot", default=None, help="only redraw --plot from this JSON of an earlier run")
     args = parser.parse_args()
+    if args.replot:
+        _plot(json.loads(Path(args.replot).read_text()), Path(args.plot))
+        return
     reason = missing_requirements()
     if reason is not None:
         print(f"links benchmark skipped: {reason}.")
