@@ -89,10 +89,12 @@ def apply_rule(
     for p, st in zip(params, states):
         ensure_block_state(p, st, spec)
     buckets: dict[tuple[Any, ...], list[int]] = {}
+    by_version = spec.momentum_schedule != "constant"  # beta_k differs between blocks at different versions
     for i, p in enumerate(params):
-        buckets.setdefault((p.device, p.dtype, spec.geometry_for(p)), []).append(i)
+        version = states[i]["step"].item() if by_version else None
+        buckets.setdefault((p.device, p.dtype, spec.geometry_for(p), version), []).append(i)
     factor = staleness_factor(spec, staleness)
-    for (_, _, geometry), idx in buckets.items():
+    for (_, _, geometry, _), idx in buckets.items():
         _bucket_update(
             [params[i] for i in idx], [grads[i] for i in idx], [states[i] for i in idx], spec, geometry, factor
         )
@@ -169,13 +171,23 @@ def _momentum(bufs: list[Tensor], v: list[Tensor], v_owned: bool, ks: list[float
     return torch._foreach_lerp(v, bufs, beta)  # torch.optim.Muon: grad.lerp(buf, momentum)
 
 
-def _sqrt_plus(src: list[Tensor], varsigma: float, eps: float) -> list[Tensor]:
-    """``sqrt(varsigma + src) + eps`` as new tensors, skipping the passes whose constant is 0."""
+def _root_(x: list[Tensor], exponent: float) -> None:
+    """``x <- x ** exponent`` in place (the square root at the default 0.5, torch's kernel)."""
+    if exponent == 0.5:
+        torch._foreach_sqrt_(x)
+    else:
+        torch._foreach_pow_(x, exponent)
+
+
+def _sqrt_plus(src: list[Tensor], varsigma: float, eps: float, exponent: float = 0.5) -> list[Tensor]:
+    """``(varsigma + src) ** exponent + eps`` as new tensors, skipping the passes whose constant is 0."""
     if varsigma != 0:
         out = torch._foreach_add(src, varsigma)
-        torch._foreach_sqrt_(out)
-    else:
+        _root_(out, exponent)
+    elif exponent == 0.5:
         out = torch._foreach_sqrt(src)
+    else:
+        out = torch._foreach_pow(src, exponent)
     if eps != 0:
         torch._foreach_add_(out, eps)
     return out
@@ -190,12 +202,12 @@ def _scale(params: list[Tensor], d: _Direction, g: list[Tensor], states: list[di
     if geometry == "adagrad":
         sums = [st["sum"] for st in states]
         torch._foreach_addcmul_(sums, g, g, value=1)
-        d.den = _sqrt_plus(sums, varsigma, eps)
+        d.den = _sqrt_plus(sums, varsigma, eps, spec.exponent)
     elif geometry == "adanorm":
         sums = [st["sum_norm_sq"] for st in states]
         norms = torch._foreach_norm(g)
         torch._foreach_addcmul_(sums, norms, norms, value=1)
-        weights = _sqrt_plus(sums, varsigma, eps)
+        weights = _sqrt_plus(sums, varsigma, eps, spec.exponent)
         d.div = [dv * w.item() for dv, w in zip(d.div, weights)]
     elif geometry == "rmsprop":
         sq = [st["square_avg"] for st in states]
@@ -207,11 +219,11 @@ def _scale(params: list[Tensor], d: _Direction, g: list[Tensor], states: list[di
             avg = torch._foreach_addcmul(sq, grad_avgs, grad_avgs, value=-1)
             if varsigma != 0:
                 torch._foreach_add_(avg, varsigma)
-            torch._foreach_sqrt_(avg)
+            _root_(avg, spec.exponent)
             if eps != 0:
                 torch._foreach_add_(avg, eps)
         else:
-            avg = _sqrt_plus(sq, varsigma, eps)
+            avg = _sqrt_plus(sq, varsigma, eps, spec.exponent)
         d.den = avg
     elif geometry == "adam":
         sq = [st["exp_avg_sq"] for st in states]
@@ -222,10 +234,11 @@ def _scale(params: list[Tensor], d: _Direction, g: list[Tensor], states: list[di
             torch._foreach_maximum_(maxes, sq)
             sq = maxes
         bc2 = [1 - spec.beta2 ** (k + 1) for k in ks]
-        if varsigma != 0:
+        if varsigma != 0 or spec.exponent != 0.5:
             den = torch._foreach_div(sq, bc2)
-            torch._foreach_add_(den, varsigma)
-            torch._foreach_sqrt_(den)
+            if varsigma != 0:
+                torch._foreach_add_(den, varsigma)
+            _root_(den, spec.exponent)
         else:
             # torch.optim.Adam's order: sqrt(v) / sqrt(bias_correction2) + eps
             den = torch._foreach_sqrt(sq)
@@ -243,6 +256,12 @@ def _scale(params: list[Tensor], d: _Direction, g: list[Tensor], states: list[di
         ]
         d.den = None
         d.mul = [m * muon_lr_ratio(spec.adjust_lr_fn, p.shape) for m, p in zip(d.mul, params)]
+        if spec.muon_scaling == "adanorm":  # AdaGrad-Norm's step on the orthogonalised direction
+            sums = [st["sum_norm_sq"] for st in states]
+            norms = torch._foreach_norm(g)
+            torch._foreach_addcmul_(sums, norms, norms, value=1)
+            weights = _sqrt_plus(sums, spec.varsigma_for("adanorm"), spec.eps_for("adanorm"), spec.exponent)
+            d.div = [dv * w.item() for dv, w in zip(d.div, weights)]
 
 
 def _normalize(d: _Direction, states: list[dict[str, Tensor]], spec: RuleSpec, ks: list[float]) -> None:
@@ -294,9 +313,10 @@ def _bucket_update(params: list[Tensor], grads: list[Tensor], states: list[dict[
 
     key = spec.momentum_key(geometry)
     bufs = [st[key] for st in states] if spec.has_momentum_buffer else None
+    mspec = spec.at_version(ks[0])  # a momentum schedule's beta_k (the blocks of a bucket share k then)
     if bufs is not None and spec.momentum_type == "raw":
         # The geometry still reads the raw gradient, so the Nesterov direction may reuse g's memory only for sgd.
-        d = _Direction(_momentum(bufs, g, g_owned and geometry == "sgd", ks, spec), None, n)
+        d = _Direction(_momentum(bufs, g, g_owned and geometry == "sgd", ks, mspec), None, n)
     else:
         d = _Direction(g, None, n)
 
@@ -305,11 +325,11 @@ def _bucket_update(params: list[Tensor], grads: list[Tensor], states: list[dict[
     if bufs is not None and spec.momentum_type == "scaled":
         if spec.momentum_form == "heavy_ball" and all(k != 0 for k in ks):
             # torch.optim.RMSprop: buf.mul_(momentum).addcdiv_(grad, avg); no copy of the direction needed.
-            torch._foreach_mul_(bufs, spec.momentum)
+            torch._foreach_mul_(bufs, mspec.momentum)
             _add_scaled(bufs, d.num, d.den, d.scales([1 - spec.dampening] * n))
-            num = torch._foreach_add(d.materialize(), bufs, alpha=spec.momentum) if spec.nesterov else bufs
+            num = torch._foreach_add(d.materialize(), bufs, alpha=mspec.momentum) if spec.nesterov else bufs
         else:
-            num = _momentum(bufs, d.materialize(), True, ks, spec)
+            num = _momentum(bufs, d.materialize(), True, ks, mspec)
         d = _Direction(num, None, n)
 
     if spec.normalization != "none":

@@ -9,8 +9,10 @@ the block, its ``step`` state before the update) with staleness ``s`` is
         \\cdot \\underbrace{(k + 1)^{-\\gamma}}_{\\text{step\\_rule='diminishing'}}
         \\cdot \\underbrace{(1 + s)^{-p}}_{\\text{staleness\\_policy='power'}}
 
-The first two factors form ``lr_k``, which also scales decoupled weight decay; the staleness factor scales only
-the step taken from the (possibly stale) gradient.
+with the step-rule factor replaced by :math:`T^{-\\gamma}` under ``step_rule='horizon'`` (``T = horizon``, a fixed
+step tied to the run's length) and by :math:`(1 + \\tau)^{-\\gamma}` under ``step_rule='delay'``
+(``\\tau = delay_bound``, a fixed step tied to the staleness bound). The first two factors form ``lr_k``, which also
+scales decoupled weight decay; the staleness factor scales only the step taken from the (possibly stale) gradient.
 """
 
 from __future__ import annotations
@@ -34,6 +36,12 @@ def lr_at_version(spec: RuleSpec, version: float) -> float:
     lr_k = spec.lr / (1 + version * spec.lr_decay)
     if spec.step_rule == "diminishing":
         lr_k = lr_k * (version + 1.0) ** -spec.gamma
+    elif spec.step_rule == "horizon":
+        assert spec.horizon is not None  # validated
+        lr_k = lr_k * float(spec.horizon) ** -spec.gamma
+    elif spec.step_rule == "delay":
+        assert spec.delay_bound is not None  # validated
+        lr_k = lr_k * (1.0 + spec.delay_bound) ** -spec.gamma
     return lr_k
 
 

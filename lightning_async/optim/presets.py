@@ -35,6 +35,9 @@ MomentumForm = Literal["heavy_ball", "ema"]
 Normalization = Literal["none", "exact", "inexact"]
 NormEstimate = Literal["stale", "running"]
 StepRule = Literal["constant", "diminishing"]
+AdaptiveStepRule = Literal["constant", "diminishing", "horizon", "delay"]
+MomentumSchedule = Literal["constant", "increasing"]
+MuonScaling = Literal["none", "adanorm"]
 StalenessPolicy = Literal["ignore", "power"]
 NSDtype = Literal["bfloat16", "float32", "float64", "param"]
 AdjustLrFn = Literal["original", "match_rms_adamw"]
@@ -427,6 +430,20 @@ class AsyncAdaptive(AsyncOptimizer):
         norm_estimate: the estimate: ``"stale"`` (the previous update's norm) or ``"running"`` (an exponential
             average of previous norms with ``norm_beta``).
         norm_beta: decay of the running norm estimate, in ``[0, 1)``.
+        exponent: the power ``mu`` of every adaptive accumulator, in ``(0, 1]``: AdaGrad's
+            ``d / ((varsigma + sum g^2) ** mu + eps)``, and likewise AdaNorm, RMSprop, Adam and ``muon_scaling``
+            (``0.5``: the square root, torch's rules).
+        momentum_schedule: ``"constant"`` (``beta``) or ``"increasing"`` (``beta_k = beta (k + 1) / (k + 2)``, from
+            half of ``beta`` towards ``beta``; not with Adam's first moment).
+        muon_scaling: ``"none"`` (torch Muon) or ``"adanorm"``: Muon's orthogonalised direction divided by
+            ``(varsigma + sum_j ||g_j||^2) ** mu + eps``, AdaGrad-Norm's accumulator over the block (``varsigma``
+            and ``eps`` default as for ``adanorm``).
+        horizon: ``T`` of ``step_rule="horizon"``: the fixed step ``lr / T ** gamma`` (``T``: the updates the run
+            will apply; ``gamma=0.5`` gives ``lr / sqrt(T)``). ``step_rule`` here also accepts ``"horizon"`` and
+            ``"delay"``.
+        delay_bound: ``tau`` of ``step_rule="delay"``: the fixed step ``lr / (1 + tau) ** gamma``, tied to the
+            staleness bound: set it to the run's ``max_staleness`` (``strategy.resolved_max_staleness`` under
+            ``"auto"``; the staleness of every applied update is at most that).
         ns_coefficients: Newton-Schulz coefficients ``(a, b, c)``.
         ns_steps: Newton-Schulz iterations, in ``[1, 99]``.
         ns_dtype: Newton-Schulz precision.
@@ -461,8 +478,13 @@ class AsyncAdaptive(AsyncOptimizer):
         kappa_hi: float = 2.0,
         norm_estimate: NormEstimate = "stale",
         norm_beta: float = 0.9,
-        step_rule: StepRule = "constant",
+        step_rule: AdaptiveStepRule = "constant",
         gamma: float = 0.5,
+        horizon: int | None = None,
+        delay_bound: int | None = None,
+        exponent: float = 0.5,
+        momentum_schedule: MomentumSchedule = "constant",
+        muon_scaling: MuonScaling = "none",
         staleness_policy: StalenessPolicy = "ignore",
         staleness_power: float = 0.5,
         ns_coefficients: tuple[float, float, float] = (3.4445, -4.7750, 2.0315),
@@ -479,7 +501,9 @@ class AsyncAdaptive(AsyncOptimizer):
             amsgrad=amsgrad, eps=eps, varsigma=varsigma, initial_accumulator_value=initial_accumulator_value,
             lr_decay=lr_decay, weight_decay=weight_decay, decoupled_weight_decay=decoupled_weight_decay,
             normalization=normalization, kappa_lo=kappa_lo, kappa_hi=kappa_hi, norm_estimate=norm_estimate,
-            norm_beta=norm_beta, step_rule=step_rule, gamma=gamma, staleness_policy=staleness_policy,
+            norm_beta=norm_beta, step_rule=step_rule, gamma=gamma, horizon=horizon, delay_bound=delay_bound,
+            exponent=exponent, momentum_schedule=momentum_schedule, muon_scaling=muon_scaling,
+            staleness_policy=staleness_policy,
             staleness_power=staleness_power, ns_coefficients=_tuple(ns_coefficients), ns_steps=ns_steps,
             ns_dtype=ns_dtype, adjust_lr_fn=adjust_lr_fn, muon_fallback=muon_fallback, maximize=maximize,
             foreach=foreach,

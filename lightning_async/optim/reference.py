@@ -29,7 +29,12 @@ with the momentum operator :math:`\mathrm{M}` (buffer :math:`b`, coefficient :ma
 * heavy-ball: :math:`b \leftarrow \beta b + (1 - \text{dampening})\,v` (:math:`b \leftarrow v` at :math:`k=0`);
   output :math:`v + \beta b` with Nesterov, else :math:`b`;
 * ema: :math:`b \leftarrow \beta b + (1-\beta)\,v`; output :math:`(1-\beta) v + \beta b` with Nesterov, else
-  :math:`b`.
+  :math:`b`;
+
+:math:`\beta` is :math:`\beta (k+1)/(k+2)` under ``momentum_schedule='increasing'``. The adaptive geometries take
+their accumulator to the power ``exponent`` (:math:`\mu`, :math:`1/2` by default): e.g. AdaGrad's
+:math:`u = d / ((\varsigma + \sum g^2)^{\mu} + \epsilon)`; ``muon_scaling='adanorm'`` divides Muon's direction by
+:math:`(\varsigma + \sum_j \lVert g_j\rVert^2)^{\mu} + \epsilon` (AdaGrad-Norm's accumulator over the block).
 """
 
 from __future__ import annotations
@@ -72,6 +77,11 @@ def _polar(d: Tensor, spec: RuleSpec, eps: float, dtype: torch.dtype) -> Tensor:
     return x.T if tall else x
 
 
+def _root(x: Tensor, spec: RuleSpec) -> Tensor:
+    """``x ** exponent`` (the square root at the default ``exponent=0.5``)."""
+    return torch.sqrt(x) if spec.exponent == 0.5 else x**spec.exponent
+
+
 def _scale(param: Tensor, d: Tensor, g: Tensor, state: dict[str, Tensor], spec: RuleSpec, geometry: str,
            k: int) -> Tensor:
     """The geometry: ``u = P^{-1} d`` with accumulators updated from the raw gradient ``g`` first."""
@@ -81,17 +91,17 @@ def _scale(param: Tensor, d: Tensor, g: Tensor, state: dict[str, Tensor], spec: 
         return d
     if geometry == "adagrad":
         state["sum"].copy_(state["sum"] + g * g)
-        return d / (torch.sqrt(varsigma + state["sum"]) + eps)
+        return d / (_root(varsigma + state["sum"], spec) + eps)
     if geometry == "adanorm":
         state["sum_norm_sq"].copy_(state["sum_norm_sq"] + torch.sum(g * g))
-        return d / (torch.sqrt(varsigma + state["sum_norm_sq"]) + eps)
+        return d / (_root(varsigma + state["sum_norm_sq"], spec) + eps)
     if geometry == "rmsprop":
         state["square_avg"].copy_(spec.alpha * state["square_avg"] + (1.0 - spec.alpha) * g * g)
         second = state["square_avg"]
         if spec.centered:
             state["grad_avg"].copy_(spec.alpha * state["grad_avg"] + (1.0 - spec.alpha) * g)
             second = second - state["grad_avg"] * state["grad_avg"]
-        return d / (torch.sqrt(varsigma + second) + eps)
+        return d / (_root(varsigma + second, spec) + eps)
     if geometry == "adam":
         state["exp_avg_sq"].copy_(spec.beta2 * state["exp_avg_sq"] + (1.0 - spec.beta2) * g * g)
         second = state["exp_avg_sq"]
@@ -100,10 +110,15 @@ def _scale(param: Tensor, d: Tensor, g: Tensor, state: dict[str, Tensor], spec: 
             second = state["max_exp_avg_sq"]
         if spec.is_adam_first_moment(geometry):
             d = d / (1.0 - spec.momentum**t)
-        return d / (torch.sqrt(second / (1.0 - spec.beta2**t) + varsigma) + eps)
+        return d / (_root(second / (1.0 - spec.beta2**t) + varsigma, spec) + eps)
     if geometry == "muon":
         polar = _polar(d, spec, eps, ns_dtype_for(spec, param)).to(param.dtype)
-        return muon_lr_ratio(spec.adjust_lr_fn, param.shape) * polar
+        u = muon_lr_ratio(spec.adjust_lr_fn, param.shape) * polar
+        if spec.muon_scaling == "adanorm":
+            # the orthogonalised direction with AdaGrad-Norm's step: divided by (varsigma + sum_k ||g_k||^2)^mu
+            state["sum_norm_sq"].copy_(state["sum_norm_sq"] + torch.sum(g * g))
+            u = u / (_root(spec.varsigma_for("adanorm") + state["sum_norm_sq"], spec) + spec.eps_for("adanorm"))
+        return u
     raise AssertionError(f"unknown geometry {geometry!r}")  # unreachable: validated in RuleSpec
 
 
@@ -152,10 +167,11 @@ def reference_update(param: Tensor, grad: Tensor, state: dict[str, Tensor], hpar
         else:
             g = g + spec.weight_decay * param
     buf = state.get(spec.momentum_key(geometry)) if spec.has_momentum_buffer else None
-    d = _momentum(buf, g, k, spec) if buf is not None and spec.momentum_type == "raw" else g
+    spec_k = spec.at_version(k)  # beta_k of a momentum schedule
+    d = _momentum(buf, g, k, spec_k) if buf is not None and spec.momentum_type == "raw" else g
     u = _scale(param, d, g, state, spec, geometry, k)
     if buf is not None and spec.momentum_type == "scaled":
-        u = _momentum(buf, u, k, spec)
+        u = _momentum(buf, u, k, spec_k)
     u = _normalize(u, state, spec, k)
     param.sub_(alpha * u)
     state["step"].add_(1)

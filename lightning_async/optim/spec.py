@@ -10,7 +10,7 @@ same way: which geometry a block actually uses (:meth:`RuleSpec.geometry_for`), 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -58,6 +58,11 @@ class RuleSpec:
     norm_beta: float
     step_rule: str
     gamma: float
+    horizon: int | None
+    delay_bound: int | None
+    exponent: float
+    momentum_schedule: str
+    muon_scaling: str
     staleness_policy: str
     staleness_power: float
     ns_coefficients: tuple[float, float, float]
@@ -97,6 +102,11 @@ class RuleSpec:
             norm_beta=float(group["norm_beta"]),
             step_rule=group["step_rule"],
             gamma=float(group["gamma"]),
+            horizon=group["horizon"],
+            delay_bound=group["delay_bound"],
+            exponent=float(group["exponent"]),
+            momentum_schedule=group["momentum_schedule"],
+            muon_scaling=group["muon_scaling"],
             staleness_policy=group["staleness_policy"],
             staleness_power=float(group["staleness_power"]),
             ns_coefficients=tuple(float(c) for c in group["ns_coefficients"]),  # type: ignore[arg-type]
@@ -118,6 +128,17 @@ class RuleSpec:
 
     def varsigma_for(self, geometry: str) -> float:
         return DEFAULT_VARSIGMA[geometry] if self.varsigma is None else float(self.varsigma)
+
+    def at_version(self, k: float) -> RuleSpec:
+        """The spec a block at version ``k`` updates with: the same, but for a momentum schedule's ``beta_k``.
+
+        ``"increasing"``: ``beta_k = beta * (k + 1) / (k + 2)`` (half of ``beta`` at the first update, tending to
+        ``beta``). NOT FROM THE PAPER: the paper's momentum schedule could not be read (notes/paper.md section 6.2,
+        item 7); this is one admissible time-varying choice, for studying the reading, not a claim about it.
+        """
+        if self.momentum_schedule == "constant":
+            return self
+        return replace(self, momentum=self.momentum * (k + 1.0) / (k + 2.0))
 
     @property
     def has_momentum_buffer(self) -> bool:
@@ -157,7 +178,7 @@ def _adam_keys(spec: RuleSpec) -> tuple[str, ...]:
 
 _GEOMETRY_KEYS = {
     "sgd": lambda spec: (),
-    "muon": lambda spec: (),
+    "muon": lambda spec: ("sum_norm_sq",) if spec.muon_scaling == "adanorm" else (),
     "adagrad": lambda spec: ("sum",),
     "adanorm": lambda spec: ("sum_norm_sq",),
     "rmsprop": _rmsprop_keys,

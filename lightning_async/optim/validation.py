@@ -21,7 +21,9 @@ MOMENTUM_TYPES: tuple[str, ...] = ("none", "raw", "scaled")
 MOMENTUM_FORMS: tuple[str, ...] = ("heavy_ball", "ema")
 NORMALIZATIONS: tuple[str, ...] = ("none", "exact", "inexact")
 NORM_ESTIMATES: tuple[str, ...] = ("stale", "running")
-STEP_RULES: tuple[str, ...] = ("constant", "diminishing")
+STEP_RULES: tuple[str, ...] = ("constant", "diminishing", "horizon", "delay")
+MOMENTUM_SCHEDULES: tuple[str, ...] = ("constant", "increasing")
+MUON_SCALINGS: tuple[str, ...] = ("none", "adanorm")
 STALENESS_POLICIES: tuple[str, ...] = ("ignore", "power")
 NS_DTYPES: tuple[str, ...] = ("bfloat16", "float32", "float64", "param")
 ADJUST_LR_FNS: tuple[str | None, ...] = (None, "original", "match_rms_adamw")
@@ -45,7 +47,7 @@ _NONNEG = _interval(0.0, math.inf)
 _UNIT_OPEN = _interval(0.0, 1.0, hi_open=True)
 _UNIT = _interval(0.0, 1.0)
 
-# name -> (kind, (predicate, text)); kind is "real", "real_or_none", "bool", "int", "choice".
+# name -> (kind, (predicate, text)); kind is "real", "real_or_none", "bool", "int", "int_or_none", "choice".
 # `momentum` is checked again in `check_combinations`, where its form (heavy-ball or EMA) is known.
 CHECKS: dict[str, tuple[str, Any]] = {
     "lr": ("real", _NONNEG),
@@ -61,6 +63,9 @@ CHECKS: dict[str, tuple[str, Any]] = {
     "kappa_hi": ("real", _interval(1.0, math.inf)),
     "norm_beta": ("real", _UNIT_OPEN),
     "gamma": ("real", _UNIT),
+    "exponent": ("real", _interval(0.0, 1.0, lo_open=True)),
+    "horizon": ("int_or_none", _interval(1, math.inf)),
+    "delay_bound": ("int_or_none", _interval(0, math.inf)),
     "staleness_power": ("real", _NONNEG),
     "ns_steps": ("int", _interval(1, 99)),
     "nesterov": ("bool", None),
@@ -75,6 +80,8 @@ CHECKS: dict[str, tuple[str, Any]] = {
     "normalization": ("choice", NORMALIZATIONS),
     "norm_estimate": ("choice", NORM_ESTIMATES),
     "step_rule": ("choice", STEP_RULES),
+    "momentum_schedule": ("choice", MOMENTUM_SCHEDULES),
+    "muon_scaling": ("choice", MUON_SCALINGS),
     "staleness_policy": ("choice", STALENESS_POLICIES),
     "ns_dtype": ("choice", NS_DTYPES),
     "adjust_lr_fn": ("choice", ADJUST_LR_FNS),
@@ -107,10 +114,13 @@ def check_value(owner: str, name: str, value: Any) -> None:
     elif kind == "choice":
         if value not in rule:
             raise _fail(owner, name, f"one of {rule}", value)
-    elif kind == "int":
+    elif kind in ("int", "int_or_none"):
+        if value is None and kind == "int_or_none":
+            return
         predicate, text = rule
         if isinstance(value, bool) or not isinstance(value, int) or not predicate(value):
-            raise _fail(owner, name, f"an integer {text}", value)
+            suffix = " or None" if kind == "int_or_none" else ""
+            raise _fail(owner, name, f"an integer {text}{suffix}", value)
     else:
         if value is None and kind == "real_or_none":
             return
@@ -127,6 +137,21 @@ def check_combinations(owner: str, hparams: Mapping[str, Any]) -> None:
     name = "betas[0]" if momentum is None else "momentum"
     if hparams["momentum_type"] != "none" and hparams["momentum_form"] == "ema" and not 0.0 <= beta < 1.0:
         raise _fail(owner, name, "in [0, 1) for momentum_form='ema'", beta)
+    if hparams["step_rule"] == "horizon" and hparams["horizon"] is None:
+        raise ValueError(f"{owner}: step_rule='horizon' needs horizon, the number of updates the run will apply "
+                         "(e.g. horizon=10000), got None")
+    if hparams["step_rule"] == "delay" and hparams["delay_bound"] is None:
+        raise ValueError(f"{owner}: step_rule='delay' needs delay_bound, the run's max_staleness (e.g. "
+                         "delay_bound=4), got None")
+    adam_moment = hparams["momentum_type"] == "raw" and hparams["momentum_form"] == "ema" and (
+        hparams["geometry"] == "adam" or (hparams["geometry"] == "muon" and hparams["muon_fallback"] == "adam"))
+    if hparams["momentum_schedule"] != "constant" and adam_moment:
+        raise ValueError(
+            f"{owner}: momentum_schedule={hparams['momentum_schedule']!r} does not combine with Adam's first moment "
+            "(momentum_type='raw', momentum_form='ema' on adam blocks, muon's fallback included), whose bias "
+            "correction assumes a constant beta1; use momentum_type='scaled' or momentum_form='heavy_ball', or "
+            "momentum_schedule='constant'"
+        )
     if hparams["nesterov"]:
         if hparams["momentum_type"] == "none":
             raise ValueError(f"{owner}: nesterov=True requires momentum_type 'raw' or 'scaled', got 'none'")

@@ -111,6 +111,9 @@ ROTATING = [
     dict(weight_decay=0.01, decoupled_weight_decay=True, amsgrad=True, centered=True, dampening=0.2),
     dict(lr_decay=0.05, maximize=True, varsigma=0.05, initial_accumulator_value=0.1),
     dict(norm_estimate="running", step_rule="diminishing", gamma=1.0, adjust_lr_fn="match_rms_adamw"),
+    # the readings beyond torch's rules: accumulator exponents, AdaGrad-Norm on Muon, beta_k, horizon/delay steps
+    dict(exponent=0.3, muon_scaling="adanorm", momentum_schedule="increasing", step_rule="horizon", horizon=400),
+    dict(exponent=0.8, muon_scaling="adanorm", step_rule="delay", delay_bound=3, gamma=1.0, varsigma=0.05),
 ]
 
 
@@ -118,6 +121,9 @@ def _combination(i: int, geometry: str, momentum: dict, normalization: str, poli
     extra = dict(ROTATING[i % len(ROTATING)])
     if extra.get("dampening") and momentum.get("nesterov") and momentum.get("momentum_form") == "heavy_ball":
         extra.pop("dampening")  # Nesterov with heavy-ball needs zero dampening (checked in test_errors)
+    if extra.get("momentum_schedule") and geometry in ("adam", "muon") and momentum.get("momentum_type") == "raw" \
+            and momentum.get("momentum_form") == "ema":
+        extra.pop("momentum_schedule")  # Adam's bias-corrected first moment needs a constant beta1 (test_errors)
     return dict(lr=0.02, geometry=geometry, normalization=normalization, staleness_policy=policy,
                 staleness_power=0.7, ns_dtype="param", kappa_lo=0.8, kappa_hi=1.1, **momentum, **extra)
 
@@ -153,7 +159,21 @@ ERROR_CASES: list[tuple[type, dict[str, Any], type, str]] = [
      r"AsyncSGD: staleness_policy must be one of \('ignore', 'power'\), got 'inverse'"),
     (AsyncSGD, dict(staleness_power=-1.0), ValueError, r"AsyncSGD: staleness_power must be .*\[0, inf\), got -1.0"),
     (AsyncSGD, dict(step_rule="cosine"), ValueError,
-     r"AsyncSGD: step_rule must be one of \('constant', 'diminishing'\), got 'cosine'"),
+     r"AsyncSGD: step_rule must be one of \('constant', 'diminishing', 'horizon', 'delay'\), got 'cosine'"),
+    (AsyncAdaptive, dict(step_rule="horizon"), ValueError, r"AsyncAdaptive: step_rule='horizon' needs horizon"),
+    (AsyncAdaptive, dict(step_rule="horizon", horizon=0), ValueError,
+     r"AsyncAdaptive: horizon must be an integer in \[1, inf\) or None, got 0"),
+    (AsyncAdaptive, dict(step_rule="delay"), ValueError, r"AsyncAdaptive: step_rule='delay' needs delay_bound"),
+    (AsyncAdaptive, dict(delay_bound=-1), ValueError,
+     r"AsyncAdaptive: delay_bound must be an integer in \[0, inf\) or None, got -1"),
+    (AsyncAdaptive, dict(exponent=0.0), ValueError, r"AsyncAdaptive: exponent must be .*\(0, 1\], got 0.0"),
+    (AsyncAdaptive, dict(exponent=1.5), ValueError, r"AsyncAdaptive: exponent must be .*\(0, 1\], got 1.5"),
+    (AsyncAdaptive, dict(momentum_schedule="cosine"), ValueError,
+     r"AsyncAdaptive: momentum_schedule must be one of \('constant', 'increasing'\), got 'cosine'"),
+    (AsyncAdaptive, dict(geometry="adam", momentum_type="raw", momentum_form="ema", momentum_schedule="increasing"),
+     ValueError, r"AsyncAdaptive: momentum_schedule='increasing' does not combine with Adam's first moment"),
+    (AsyncAdaptive, dict(muon_scaling="adagrad"), ValueError,
+     r"AsyncAdaptive: muon_scaling must be one of \('none', 'adanorm'\), got 'adagrad'"),
     (AsyncSGD, dict(gamma=1.5), ValueError, r"AsyncSGD: gamma must be .*\[0, 1\], got 1.5"),
     (AsyncAdagrad, dict(lr_decay=-0.1), ValueError, r"AsyncAdagrad: lr_decay must be .*\[0, inf\), got -0.1"),
     (AsyncAdagrad, dict(initial_accumulator_value=-1.0), ValueError,

@@ -35,7 +35,8 @@ def test_combination_table_covers_every_part() -> None:
     seen: dict[str, set] = {}
     for c in COMBINATIONS:
         for key in ("geometry", "momentum_type", "momentum_form", "nesterov", "normalization", "staleness_policy",
-                    "step_rule", "decoupled_weight_decay", "amsgrad", "centered", "maximize", "norm_estimate"):
+                    "step_rule", "decoupled_weight_decay", "amsgrad", "centered", "maximize", "norm_estimate",
+                    "exponent", "muon_scaling", "momentum_schedule"):
             seen.setdefault(key, set()).add(c.get(key))
     assert seen["geometry"] == {"sgd", "adagrad", "adanorm", "rmsprop", "adam", "muon"}
     assert seen["momentum_type"] == {"none", "raw", "scaled"}
@@ -44,7 +45,11 @@ def test_combination_table_covers_every_part() -> None:
     assert seen["staleness_policy"] == {"ignore", "power"}
     for key in ("nesterov", "decoupled_weight_decay", "amsgrad", "centered", "maximize"):
         assert True in seen[key], key
-    assert seen["step_rule"] >= {"diminishing"} and seen["norm_estimate"] >= {"running"}
+    assert seen["step_rule"] >= {"diminishing", "horizon", "delay"} and seen["norm_estimate"] >= {"running"}
+    assert seen["exponent"] >= {0.3, 0.8} and seen["muon_scaling"] >= {"adanorm"}
+    assert seen["momentum_schedule"] >= {"increasing"}
+    muon_readings = {(c.get("muon_scaling"), c["momentum_type"]) for c in COMBINATIONS if c["geometry"] == "muon"}
+    assert ("adanorm", "scaled") in muon_readings and ("adanorm", "raw") in muon_readings
 
 
 def test_apply_rule_on_blocks_outside_an_optimizer() -> None:
