@@ -5,7 +5,7 @@ Usage::
     python benchmarks/recipes_digits.py --out docs/figures/recipes_digits.json
 
 Each variant ``recipes/digits_mlp/<variant>.yaml`` runs on top of ``base.yaml`` (2 asynchronous CPU workers,
-``max_staleness=4``, ``bound_policy=accumulate``, 20 epochs) through the ``lightning-async`` command; the baseline
+``max_staleness=auto``, ``bound_policy=accumulate``, 20 epochs) through the ``lightning-async`` command; the baseline
 is ``adam.yaml`` followed by ``ddp.yaml`` (the same model and optimizer under synchronous DDP). Reported: the
 validation accuracy and loss after the last epoch (averaged over the workers) and the wall time of the whole
 command. ``scripts/gen_recipes_doc.py`` renders the JSON as the results table of ``docs/recipes.md``.
