@@ -40,7 +40,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from straggler import _collect, _report_dir, _worker_command  # noqa: E402  (one fit and its reports)
+from straggler import _collect, _median, _report_dir, _worker_command  # noqa: E402  (one fit and its reports)
 
 PREFIX = "lasync"  # namespaces: lasync-sw (the switch), lasync-n0, lasync-n1, ...
 SUBNET = "10.231.0"
@@ -275,13 +275,13 @@ def main() -> None:
                     for v in args.variants:
                         runs[v].append(run_on_nodes(args, net, "async", v, k, f"{v}_{rate:g}_k{k:g}_{i}"))
                 ddp_thr = statistics.median(r["samples_per_s"] for r in runs["ddp"])
-                ddp_ttt = _median_time([r["time_to_target"] for r in runs["ddp"]])
+                ddp_ttt = _median([r["time_to_target"] for r in runs["ddp"]])
                 for name, group in runs.items():
                     for r in group:
                         results["runs"].append({"rate_mbit": rate, **{key: v for key, v in r.items()
                                                                       if key != "series"}})
                     thr = statistics.median(r["samples_per_s"] for r in group)
-                    ttt = _median_time([r["time_to_target"] for r in group])
+                    ttt = _median([r["time_to_target"] for r in group])
                     stale = [r["staleness_mean"] for r in group if r["staleness_mean"] is not None]
                     piped = [r["overlapped_share"] for r in group if r["overlapped_share"] is not None]
                     row = {
@@ -306,12 +306,6 @@ def main() -> None:
         Path(args.out).write_text(json.dumps(results, indent=1))
     if args.plot:
         _plot(results, Path(args.plot))
-
-
-def _median_time(values: list[float | None]) -> float | None:
-    """The median, a run that never reached the target counting as the slowest."""
-    ordered = sorted(values, key=lambda v: float("inf") if v is None else v)
-    return ordered[len(ordered) // 2] if ordered else None
 
 
 def _fmt(x: float | None, spec: str) -> str:
