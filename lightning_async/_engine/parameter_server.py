@@ -164,7 +164,6 @@ class ParameterServerEngine(Engine):
             raise ValueError("CUDA parameters without CUDA")
         sizes = [p.numel() * p.element_size() for p in self.params]
         self.ownership = assign_blocks(sizes, owners)
-        self.owner_of = {b: o for o, bs in self.ownership.items() for b in bs}
         self._max_payload = 2 * sum(_padded(s) for s in sizes) + (1 << 20)
         inline = wire.inline_size(sizes)
         distributed = num_workers > 1
